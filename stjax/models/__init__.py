@@ -1,0 +1,12 @@
+"""Decoder-only LLMs of the Llama family in Flax NNX, with Hub checkpoints in and out."""
+
+from stjax.models.checkpoint_io import CheckpointError, from_pretrained, save_pretrained
+from stjax.models.config import ConfigError, ModelConfig
+from stjax.models.partitioning import DEFAULT_RULES, ShardingError, make_mesh, shard_like_rules
+from stjax.models.transformer import CausalLM, KVCache, count_params, init_model
+
+__all__ = [
+    "CausalLM", "CheckpointError", "ConfigError", "DEFAULT_RULES", "KVCache", "ModelConfig",
+    "ShardingError", "count_params", "from_pretrained", "init_model", "make_mesh",
+    "save_pretrained", "shard_like_rules",
+]

@@ -1,0 +1,245 @@
+"""The decoder-only transformer of the Llama family, in Flax NNX.
+
+Module and attribute names mirror the Hugging Face checkpoints (`embed_tokens`,
+`layers.N.self_attn.q_proj`, ...), so a parameter path is its checkpoint name. Every
+parameter carries `logical_axes` metadata that `stjax.models.partitioning` maps onto the
+mesh. Kernels are stored input-major ([in..., out...]); attention projections keep heads
+as their own dimension so tensor parallelism splits whole heads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from stjax.models.attention import causal_mask, get_attention
+from stjax.models.config import ModelConfig
+from stjax.models.rope import apply_rope, inverse_frequencies
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class KVCache(NamedTuple):
+    """Keys/values of every layer for a fixed number of slots, filled left to right.
+
+    keys/values: per layer [B, S, kv_heads, head_dim]; valid [B, S] marks filled
+    non-padding slots; index is the next slot to write (shared by the batch, prompts
+    are left-padded).
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    valid: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def empty(cls, config: ModelConfig, batch: int, slots: int) -> "KVCache":
+        shape = (batch, slots, config.num_kv_heads, config.head_dim)
+        dtype = jnp.dtype(config.compute_dtype)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        return cls(zeros, zeros, jnp.zeros((batch, slots), bool), jnp.zeros((), jnp.int32))
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # As in the reference implementations: normalize in float32, scale in input dtype.
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class Projection(nnx.Module):
+    """A linear map contracting the trailing `in_shape` dims into `out_shape` dims."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        in_axes: Sequence[str],
+        out_axes: Sequence[str],
+        *,
+        use_bias: bool,
+        rngs: nnx.Rngs,
+        param_dtype,
+    ):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        init = nnx.initializers.normal(0.02)
+        self.weight = nnx.Param(
+            init(rngs.params(), self.in_shape + self.out_shape, param_dtype),
+            logical_axes=tuple(in_axes) + tuple(out_axes),
+        )
+        self.bias = (
+            nnx.Param(jnp.zeros(self.out_shape, param_dtype), logical_axes=tuple(out_axes)) if use_bias else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n = len(self.in_shape)
+        y = jnp.tensordot(x, self.weight[...].astype(x.dtype), axes=n)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        c, pd = config, jnp.dtype(config.param_dtype)
+        D, N, K, H = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        self.q_proj = Projection([D], [N, H], ["embed"], ["heads", "head_dim"], use_bias=c.qkv_bias, rngs=rngs, param_dtype=pd)
+        self.k_proj = Projection([D], [K, H], ["embed"], ["kv_heads", "head_dim"], use_bias=c.qkv_bias, rngs=rngs, param_dtype=pd)
+        self.v_proj = Projection([D], [K, H], ["embed"], ["kv_heads", "head_dim"], use_bias=c.qkv_bias, rngs=rngs, param_dtype=pd)
+        self.o_proj = Projection([N, H], [D], ["heads", "head_dim"], ["embed"], use_bias=c.o_bias, rngs=rngs, param_dtype=pd)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(H, c.rms_norm_eps, pd)
+            self.k_norm = RMSNorm(H, c.rms_norm_eps, pd)
+        else:
+            self.q_norm = self.k_norm = None
+        self.window = c.sliding_windows[layer] if c.sliding_windows else None
+        self.inv_freq = tuple(inverse_frequencies(c).tolist())  # static, hashable
+        self.scale = 1.0 / math.sqrt(H)
+        self.kernel = get_attention(c.attention)
+
+    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None):
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, positions, self.inv_freq)
+        k = apply_rope(k, positions, self.inv_freq)
+        if cache_kv is not None:
+            cache_k, cache_v = cache_kv
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, offset, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, offset, 0, 0))
+        mask = causal_mask(query_slots, key_valid, self.window)
+        out = self.kernel(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.scale)
+        return self.o_proj(out), (k, v)
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c, pd = config, jnp.dtype(config.param_dtype)
+        D, F = c.hidden_size, c.intermediate_size
+        self.gate_proj = Projection([D], [F], ["embed"], ["mlp"], use_bias=c.mlp_bias, rngs=rngs, param_dtype=pd)
+        self.up_proj = Projection([D], [F], ["embed"], ["mlp"], use_bias=c.mlp_bias, rngs=rngs, param_dtype=pd)
+        self.down_proj = Projection([F], [D], ["mlp"], ["embed"], use_bias=c.mlp_bias, rngs=rngs, param_dtype=pd)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        pd = jnp.dtype(config.param_dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        self.self_attn = Attention(config, layer, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None):
+        attn, kv = self.self_attn(self.input_layernorm(x), positions, query_slots, key_valid, cache_kv, offset)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, kv
+
+
+def _call_layer(layer, x, positions, query_slots, key_valid, cache_kv, offset):
+    return layer(x, positions, query_slots, key_valid, cache_kv, offset)
+
+
+class CausalLM(nnx.Module):
+    """Token ids -> final hidden states -> logits (all, or only selected vocab columns)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        pd = jnp.dtype(config.param_dtype)
+        self.embed_tokens = nnx.Param(
+            nnx.initializers.normal(0.02)(rngs.params(), (config.vocab_size, config.hidden_size), pd),
+            logical_axes=("vocab", "embed"),
+        )
+        self.layers = nnx.List([DecoderLayer(config, i, rngs=rngs) for i in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else Projection([config.hidden_size], [config.vocab_size], ["embed"], ["vocab"],
+                            use_bias=False, rngs=rngs, param_dtype=pd)
+        )
+        if config.remat == "none":
+            self._layer_fn = _call_layer
+        else:
+            self._layer_fn = nnx.remat(_call_layer, policy=_REMAT_POLICIES[config.remat])
+
+    def hidden_states(
+        self,
+        tokens: jax.Array,
+        *,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Final (normed) hidden states [B, L, D] and the updated cache.
+
+        attention_mask [B, L] marks real tokens (left padding allowed); positions default
+        to the count of real tokens before each one.
+        """
+        B, L = tokens.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((B, L), bool)
+        attention_mask = attention_mask.astype(bool)
+        if positions is None:
+            positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+        if cache is None:
+            offset, key_valid = jnp.zeros((), jnp.int32), attention_mask
+        else:
+            offset = cache.index
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, offset))
+        query_slots = offset + jnp.arange(L)
+
+        x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.config.compute_dtype)
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.layers):
+            cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
+            x, (k, v) = self._layer_fn(layer, x, positions, query_slots, key_valid, cache_kv, offset)
+            new_keys.append(k)
+            new_values.append(v)
+        x = self.norm(x)
+        if cache is not None:
+            cache = KVCache(tuple(new_keys), tuple(new_values), key_valid, offset + L)
+        return x, cache
+
+    def output_weights(self, columns: jax.Array | None = None) -> jax.Array:
+        """The output matrix [D, V], or only its `columns` [D, K] (e.g. safety tokens)."""
+        if self.lm_head is None:
+            table = self.embed_tokens[...]
+            return (table if columns is None else jnp.take(table, columns, axis=0)).T
+        kernel = self.lm_head.weight[...]
+        return kernel if columns is None else jnp.take(kernel, columns, axis=1)
+
+    def project(self, hidden: jax.Array, columns: jax.Array | None = None) -> jax.Array:
+        """float32 logits for all vocab entries, or only for `columns`."""
+        w = self.output_weights(columns)
+        return jnp.einsum("...d,dv->...v", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens, *, attention_mask=None, positions=None):
+        hidden, _ = self.hidden_states(tokens, attention_mask=attention_mask, positions=positions)
+        return self.project(hidden)
+
+
+def init_model(config: ModelConfig, seed: int = 0) -> CausalLM:
+    """A randomly initialized model (tests, toy worlds); checkpoints use from_pretrained."""
+    return CausalLM(config, rngs=nnx.Rngs(seed))
+
+
+def count_params(model: nnx.Module) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
