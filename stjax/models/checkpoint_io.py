@@ -94,7 +94,7 @@ class SafetensorsReader:
 
     def get(self, name: str) -> np.ndarray:
         if name not in self.files:
-            raise CheckpointError(f"{self.directory}: tensor '{name}' is missing from the checkpoint")
+            raise CheckpointError(f"{self.directory}: tensor '{name}' is missing")
         file = self.files[name]
         if file not in self._open:
             self._open[file] = safe_open(self.directory / file, framework="numpy")
@@ -116,8 +116,12 @@ def load_into(
     mesh: Mesh | None,
     rules: Rules,
     available: set[str] | None = None,
+    source: str = "checkpoint",
 ) -> CausalLM:
-    """Builds `model_factory()` abstractly and fills every parameter from `tensors(name)`."""
+    """Builds `model_factory()` abstractly and fills every parameter from `tensors(name)`.
+
+    `source` names the checkpoint in error messages.
+    """
     abstract = nnx.eval_shape(model_factory)
     graphdef, state = nnx.split(abstract)
     device = SingleDeviceSharding(jax.devices()[0])
@@ -125,8 +129,11 @@ def load_into(
         shape, dtype = var.shape, var.dtype
         name = hf_name(path)
         if available is not None and name not in available:
-            raise CheckpointError(f"tensor '{name}' is missing from the checkpoint")
-        array = to_model_layout(path, tensors(name), shape)
+            raise CheckpointError(f"{source}: tensor '{name}' is missing")
+        try:
+            array = to_model_layout(path, tensors(name), shape)
+        except CheckpointError as e:
+            raise CheckpointError(f"{source}: {e}") from None
         sharding = (
             device if mesh is None
             else checked_sharding(shape, var.logical_axes, mesh, rules, what=f"parameter {name}")
@@ -156,7 +163,7 @@ def from_pretrained(
     )
     reader = SafetensorsReader(path)
     return load_into(lambda: CausalLM(config, rngs=nnx.Rngs(0)), reader.get,
-                     mesh=mesh, rules=rules, available=reader.names())
+                     mesh=mesh, rules=rules, available=reader.names(), source=str(path))
 
 
 # ------------------------------------------------------------------ writing
