@@ -2,6 +2,7 @@
 
 from stjax.models.checkpoint_io import CheckpointError, from_pretrained, save_pretrained
 from stjax.models.config import ConfigError, ModelConfig
+from stjax.models.gguf_import import GGUFError, convert_gguf, gguf_tokenizer, load_gguf
 from stjax.models.partitioning import DEFAULT_RULES, ShardingError, make_mesh, shard_like_rules
 from stjax.models.transformer import CausalLM, KVCache, count_params, init_model
 

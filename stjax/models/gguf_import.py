@@ -48,10 +48,6 @@ _ROPE_FREQS = "rope_freqs.weight"
 # The llama3 schedule every Llama 3.1/3.2/3.3 release uses; checked against rope_freqs.
 _LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
-# llama.cpp pre-tokenizer names that transformers' GGUF tokenizer maps to plain GPT-2
-# splitting although llama.cpp first splits every digit on its own (llama-vocab.cpp).
-_DIGIT_SPLIT_PRE = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
-
 
 class GGUFError(ValueError):
     """A GGUF file stjax cannot read; the message names the file."""
@@ -90,6 +86,11 @@ def open_gguf(path: str | Path):
 def _field(reader, key: str, default: Any = None) -> Any:
     field = reader.fields.get(key)
     return default if field is None else field.contents()
+
+
+def _float(value) -> float:
+    """A float32 metadata value as its shortest decimal (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(value)))
 
 
 class GGUFTensors(Mapping):
@@ -153,7 +154,7 @@ def _hf_config(reader, path: Path) -> dict[str, Any]:
         "num_attention_heads": heads,
         "num_key_value_heads": _field(reader, "llama.attention.head_count_kv", heads),
         "head_dim": head_dim,
-        "rms_norm_eps": float(need("llama.attention.layer_norm_rms_epsilon")),
+        "rms_norm_eps": _float(need("llama.attention.layer_norm_rms_epsilon")),
         "max_position_embeddings": _field(reader, "llama.context_length", 2048),
         "rope_parameters": _rope_parameters(reader),
         "tie_word_embeddings": "output.weight" not in tensors,
@@ -174,10 +175,10 @@ def _hf_config(reader, path: Path) -> dict[str, Any]:
 
 
 def _rope_parameters(reader) -> dict[str, Any]:
-    rope = {"rope_type": "default", "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0))}
+    rope = {"rope_type": "default", "rope_theta": _float(_field(reader, "llama.rope.freq_base", 10000.0))}
     kind = _field(reader, "llama.rope.scaling.type", "none")
     if kind != "none":
-        rope.update(rope_type=kind, factor=float(_field(reader, "llama.rope.scaling.factor", 1.0)))
+        rope.update(rope_type=kind, factor=_float(_field(reader, "llama.rope.scaling.factor", 1.0)))
         original = _field(reader, "llama.rope.scaling.original_context_length")
         if original:
             rope["original_max_position_embeddings"] = original
@@ -186,7 +187,7 @@ def _rope_parameters(reader) -> dict[str, Any]:
 
 def _check_rope_freqs(hf: dict, divisors: np.ndarray, path: Path) -> None:
     """Turns llama.cpp's rope_freqs divisors back into llama3 parameters, checking they match."""
-    hf["rope_parameters"].update(rope_type="llama3", factor=float(divisors.max()), **_LLAMA3_ROPE)
+    hf["rope_parameters"].update(rope_type="llama3", factor=_float(divisors.max()), **_LLAMA3_ROPE)
     config = ModelConfig.from_hf_dict(hf, source=str(path))
     dim = config.head_dim
     plain = 1.0 / config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
@@ -227,7 +228,6 @@ def gguf_tokenizer(path: str | Path):
 
     Built from metadata read here, because transformers' own GGUF readers import torch.
     """
-    from tokenizers import Regex, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (
         GGUF_TOKENIZER_MAPPING,
@@ -250,12 +250,10 @@ def gguf_tokenizer(path: str | Path):
         token_id = tokenizer_dict.get(f"{name}_token_id")
         if token_id is not None:
             kwargs[f"{name}_token"] = tokens[token_id]
+    context = _field(reader, "llama.context_length")
+    if context:
+        kwargs["model_max_length"] = context
     backend, extra = convert_gguf_tokenizer(_field(reader, "general.architecture"), tokenizer_dict)
-    if tokenizer_dict.get("pre_tokenizer_type") in _DIGIT_SPLIT_PRE:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ])
     return PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs, **extra)
 
 

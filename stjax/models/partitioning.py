@@ -90,12 +90,13 @@ def checked_sharding(
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.State:
-    """A State of NamedShardings matching `state`, from each variable's `logical_axes`."""
+    """`state` with each variable's value replaced by its NamedSharding (same tree
+    structure, so it can be zipped with the state or given to jit/device_put as is)."""
 
     def one(path, var):
         axes = getattr(var, "logical_axes", None) or (None,) * len(var.shape)
         name = ".".join(str(p) for p in path)
-        return checked_sharding(var.shape, axes, mesh, rules, what=f"parameter {name}")
+        return var.replace(checked_sharding(var.shape, axes, mesh, rules, what=f"parameter {name}"))
 
     return nnx.map_state(one, state)
 

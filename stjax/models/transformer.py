@@ -84,12 +84,15 @@ class Projection(nnx.Module):
         self.bias = (
             nnx.Param(jnp.zeros(self.out_shape, param_dtype), logical_axes=tuple(out_axes)) if use_bias else None
         )
+        self.lora = nnx.data(None)  # a stjax.lora.LoraAdapter once adapters are attached
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n = len(self.in_shape)
         y = jnp.tensordot(x, self.weight[...].astype(x.dtype), axes=n)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
+        if self.lora is not None:
+            y = y + self.lora(x)
         return y
 
 

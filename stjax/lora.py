@@ -1,0 +1,139 @@
+"""LoRA adapters on the model's projections, and their export (merged or PEFT format).
+
+Adapters live inside the `Projection` modules they adapt, as `LoraParam` variables, so
+`nnx.split(model, LoraParam, ...)` separates the trainable adapters from the frozen base
+without copying it. Zeroing the B matrices turns the adapters off: that is how the frozen
+reference model is evaluated with no second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from stjax.models.checkpoint_io import hf_name
+from stjax.models.transformer import CausalLM, Projection
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraParam(nnx.Param):
+    """A trainable adapter matrix (the base model's `nnx.Param`s stay frozen)."""
+
+
+class LoraAdapter(nnx.Module):
+    def __init__(self, base: Projection, rank: int, alpha: float, dropout: float, rngs: nnx.Rngs):
+        in_axes = base.weight.logical_axes[: len(base.in_shape)]
+        out_axes = base.weight.logical_axes[len(base.in_shape):]
+        fan_in = int(np.prod(base.in_shape))
+        dtype = base.weight.dtype
+        # PEFT's init: A ~ U(+-1/sqrt(fan_in)) (kaiming-uniform with a=sqrt(5)), B = 0.
+        bound = 1.0 / math.sqrt(fan_in)
+        self.a = LoraParam(
+            jax.random.uniform(rngs.params(), (*base.in_shape, rank), dtype, -bound, bound),
+            logical_axes=(*in_axes, "lora_rank"),
+        )
+        self.b = LoraParam(jnp.zeros((rank, *base.out_shape), dtype), logical_axes=("lora_rank", *out_axes))
+        self.scale = alpha / rank
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.dropout is not None:
+            x = self.dropout(x)
+        down = jnp.tensordot(x, self.a[...].astype(x.dtype), axes=self.a.ndim - 1)
+        return jnp.tensordot(down, self.b[...].astype(x.dtype), axes=1) * self.scale
+
+    def delta(self) -> jax.Array:
+        """The update to the base kernel, in its [in..., out...] layout."""
+        return jnp.tensordot(self.a[...], self.b[...], axes=1) * self.scale
+
+
+def adapted_projections(model: CausalLM, targets: Sequence[str] | None = None):
+    """(path, Projection) for every projection whose name is in targets (or has an adapter)."""
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, Projection) and path and (
+            (targets is None and module.lora is not None) or (targets is not None and path[-1] in targets)
+        ):
+            yield path, module
+
+
+def apply_lora(model: CausalLM, *, rank: int, alpha: float, dropout: float = 0.0,
+               targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0) -> CausalLM:
+    """Attaches fresh adapters in place; the model is unchanged until B is trained."""
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown:
+        raise ValueError(f"lora.targets: unknown module(s) {unknown}; expected a subset of {list(TARGETS)}")
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)  # one dropout stream shared by all adapters
+    found = list(adapted_projections(model, targets))
+    for _, projection in found:
+        projection.lora = LoraAdapter(projection, rank, alpha, dropout, rngs)
+    _place_like_base(found)
+    return model
+
+
+def _place_like_base(found) -> None:
+    """Puts each adapter on the mesh of its base kernel (A/B follow the base's axes)."""
+    for _, projection in found:
+        base = projection.weight[...].sharding
+        if not isinstance(base, jax.sharding.NamedSharding):
+            continue
+        spec = tuple(base.spec) + (None,) * (projection.weight.ndim - len(base.spec))
+        n_in = len(projection.in_shape)
+        a_spec = jax.sharding.PartitionSpec(*spec[:n_in], None)
+        b_spec = jax.sharding.PartitionSpec(None, *spec[n_in:])
+        adapter = projection.lora
+        adapter.a.set_value(jax.device_put(adapter.a[...], jax.sharding.NamedSharding(base.mesh, a_spec)))
+        adapter.b.set_value(jax.device_put(adapter.b[...], jax.sharding.NamedSharding(base.mesh, b_spec)))
+
+
+def merge_lora(model: CausalLM) -> CausalLM:
+    """Folds every adapter into its base kernel and removes it (in place)."""
+    for _, projection in list(adapted_projections(model)):
+        base = projection.weight[...]
+        projection.weight.set_value((base.astype(jnp.float32) + projection.lora.delta().astype(jnp.float32)).astype(base.dtype))
+        projection.lora = None
+    return model
+
+
+def save_peft_adapter(model: CausalLM, out_dir: str | Path, *, base_model: str = "", rank: int,
+                      alpha: float, dropout: float, dtype=None) -> Path:
+    """Writes adapter_config.json + adapter_model.safetensors as PEFT and vLLM load them."""
+    out_dir = Path(out_dir)
+    tensors, targets = {}, set()
+    for path, projection in adapted_projections(model):
+        name = hf_name((*path, "weight"))[: -len(".weight")]
+        a = np.asarray(jax.device_get(projection.lora.a[...]))
+        b = np.asarray(jax.device_get(projection.lora.b[...]))
+        if dtype is not None:
+            a, b = a.astype(dtype), b.astype(dtype)
+        # PEFT stores torch Linear layouts: lora_A [r, in], lora_B [out, r].
+        tensors[f"base_model.model.{name}.lora_A.weight"] = np.ascontiguousarray(a.reshape(-1, a.shape[-1]).T)
+        tensors[f"base_model.model.{name}.lora_B.weight"] = np.ascontiguousarray(b.reshape(b.shape[0], -1).T)
+        targets.add(path[-1])
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": rank, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": sorted(targets),
+        "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+        "modules_to_save": None, "use_rslora": False, "use_dora": False,
+    }
+    if jax.process_index() != 0:
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (staging / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return out_dir

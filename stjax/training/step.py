@@ -1,0 +1,131 @@
+"""The pure train step: (state, frozen, batch) -> (state, metrics) under `jax.jit`.
+
+The model is split once into a static graph, the trainable variables (LoRA adapters or
+all weights) and the frozen rest. Only the trainable part is differentiated, donated and
+given optimizer state; the frozen weights are passed by reference every step and never
+copied. Micro-batches are scanned and their gradients summed, then divided by the token
+count of the whole step, so gradient accumulation weighs every token equally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding, state_shardings
+
+
+class ModelOutputs(NamedTuple):
+    """What a loss sees: final hidden states [B, L, D] and the output matrix [D, V]."""
+
+    hidden: jax.Array
+    output_weights: jax.Array
+
+
+# loss(outputs, batch) -> (sum of per-token losses, token count, {metric: per-token sum})
+LossFn = Callable[[ModelOutputs, dict], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State  # trainable variables only
+    opt_state: Any
+    rng: jax.Array  # raw base key data; step keys are folded from it, so resume is exact
+
+
+def split_model(model: nnx.Module, trainable) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graph, trainable variables, everything else) for a trainable-variable filter."""
+    return nnx.split(model, trainable, ...)
+
+
+def forward(graphdef, params, frozen, batch, dropout_key) -> ModelOutputs:
+    model = nnx.merge(graphdef, params, frozen)
+    nnx.reseed(model, dropout=dropout_key)
+    hidden, _ = model.hidden_states(batch["inputs"], attention_mask=batch["attention_mask"])
+    return ModelOutputs(hidden, model.output_weights())
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_accum: int = 1,
+):
+    """Returns the un-jitted step; `jit_train_step` adds shardings and donation."""
+
+    def micro_loss(params, frozen, micro, key):
+        loss_sum, count, metrics = loss_fn(forward(graphdef, params, frozen, micro, key), micro)
+        return loss_sum, (count, metrics)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def train_step(state: TrainState, frozen: nnx.State, batch: dict):
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        micro_batches = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
+
+        def accumulate(carry, inputs):
+            index, micro = inputs
+            (loss_sum, (count, metrics)), grads = grad_fn(state.params, frozen, micro, jax.random.fold_in(step_key, index))
+            total = jax.tree.map(jnp.add, carry, (grads, loss_sum, count, metrics))
+            return total, None
+
+        zero_metrics = jax.eval_shape(lambda: micro_loss(state.params, frozen, jax.tree.map(lambda x: x[0], micro_batches), step_key)[1][1])
+        init = (
+            jax.tree.map(jnp.zeros_like, state.params),
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.float32),
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics),
+        )
+        (grads, loss_sum, count, metric_sums), _ = jax.lax.scan(
+            accumulate, init, (jnp.arange(grad_accum), micro_batches))
+        denominator = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss_sum / denominator,
+            "grad_norm": optax.tree.norm(grads),
+            "tokens": count,
+            **{name: value / denominator for name, value in metric_sums.items()},
+        }
+        return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+
+    return train_step
+
+
+def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
+    """Rows over the batch mesh axes (data, fsdp), the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(rules["batch"]))
+
+
+def state_sharding(state: TrainState, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> TrainState:
+    """Params follow their logical axes; so do optimizer moments (copies of the param
+    Variables, metadata included); counts and scalars are replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def leaf(x):
+        if isinstance(x, nnx.Variable) and getattr(x, "logical_axes", None):
+            return x.replace(checked_sharding(x.shape, x.logical_axes, mesh, rules, what="optimizer state"))
+        return x.replace(replicated) if isinstance(x, nnx.Variable) else replicated
+
+    return TrainState(
+        step=replicated,
+        params=state_shardings(state.params, mesh, rules),
+        opt_state=jax.tree.map(leaf, state.opt_state, is_leaf=lambda x: isinstance(x, nnx.Variable)),
+        rng=replicated,
+    )
+
+
+def jit_train_step(step_fn, state_shardings_: TrainState, frozen_shardings, batch_sharding_: NamedSharding):
+    replicated = NamedSharding(batch_sharding_.mesh, PartitionSpec())
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings_, frozen_shardings, batch_sharding_),
+        out_shardings=(state_shardings_, replicated),
+        donate_argnums=(0,),
+    )
