@@ -1,0 +1,51 @@
+"""Training checkpoints with orbax: train state + data-iterator position, atomically.
+
+orbax writes each step into a temporary directory and renames it when complete, so a
+crash or SIGTERM mid-save never corrupts the last good checkpoint; paths may be local or
+`gs://`. Saves are asynchronous: training continues while the previous state is written.
+"""
+
+from __future__ import annotations
+
+import jax
+import orbax.checkpoint as ocp
+
+from stjax.training.step import TrainState
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
+        self.directory = directory
+        self.manager = ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, data_state: dict, extra: dict | None = None) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            extra=ocp.args.JsonSave(extra or {}),
+        ), force=True)
+
+    def restore(self, step: int, target: TrainState, shardings: TrainState) -> tuple[TrainState, dict, dict]:
+        """Restores into `shardings` (abstract targets rebuilt with concrete NamedShardings)."""
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract),
+            data=ocp.args.JsonRestore(),
+            extra=ocp.args.JsonRestore(),
+        ))
+        return restored.state, restored.data, restored.extra
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
