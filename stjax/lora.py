@@ -133,6 +133,7 @@ def save_peft_adapter(model: CausalLM, out_dir: str | Path, *, base_model: str =
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
     (staging / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)

@@ -231,6 +231,7 @@ def save_pretrained(
     (staging / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True))
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
+    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
