@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +19,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from stjax.fileio import atomic_directory
 from stjax.models.checkpoint_io import hf_name
 from stjax.models.transformer import CausalLM, Projection
 
@@ -129,12 +127,7 @@ def save_peft_adapter(model: CausalLM, out_dir: str | Path, *, base_model: str =
     }
     if jax.process_index() != 0:
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (staging / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    with atomic_directory(out_dir) as staging:
+        save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out_dir

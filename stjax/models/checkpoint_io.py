@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,6 +21,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from stjax.fileio import atomic_directory
 from stjax.models.config import ModelConfig
 from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding
 from stjax.models.transformer import CausalLM
@@ -200,39 +199,36 @@ def save_pretrained(
     if dtype is not None:
         config = config.replace(param_dtype=jnp.dtype(dtype).name)
     write = jax.process_index() == 0
-    if write:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent)) if write else None
-    shard_names: list[list[str]] = []  # tensor names per written shard
-    current: dict[str, np.ndarray] = {}
-    current_bytes = 0
-
-    def flush():
-        if write and current:
-            save_file(current, str(staging / f"part-{len(shard_names)}.safetensors"), metadata={"format": "pt"})
-        shard_names.append(list(current))
-
-    for name, array in hf_tensors(model, dtype):
-        if current and current_bytes + array.nbytes > max_shard_bytes:
-            flush()
-            current, current_bytes = {}, 0
-        current[name] = array
-        current_bytes += array.nbytes
-    flush()
-    if not write:
+    tensors = hf_tensors(model, dtype)
+    if not write:  # gathers are collective: other processes still walk every tensor
+        for _ in tensors:
+            pass
         return out_dir
-    weight_map = {}
-    for i, names in enumerate(shard_names):
-        final = SINGLE_FILE if len(shard_names) == 1 else f"model-{i + 1:05d}-of-{len(shard_names):05d}.safetensors"
-        os.replace(staging / f"part-{i}.safetensors", staging / final)
-        weight_map.update(dict.fromkeys(names, final))
-    if len(shard_names) > 1:
-        (staging / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
-    (staging / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(staging)
-    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    with atomic_directory(out_dir) as staging:
+        shard_names: list[list[str]] = []  # tensor names per written shard
+        current: dict[str, np.ndarray] = {}
+        current_bytes = 0
+        for name, array in tensors:
+            if current and current_bytes + array.nbytes > max_shard_bytes:
+                _write_part(staging, len(shard_names), current)
+                shard_names.append(list(current))
+                current, current_bytes = {}, 0
+            current[name] = array
+            current_bytes += array.nbytes
+        _write_part(staging, len(shard_names), current)
+        shard_names.append(list(current))
+        weight_map = {}
+        for i, names in enumerate(shard_names):
+            final = SINGLE_FILE if len(shard_names) == 1 else f"model-{i + 1:05d}-of-{len(shard_names):05d}.safetensors"
+            os.replace(staging / f"part-{i}.safetensors", staging / final)
+            weight_map.update(dict.fromkeys(names, final))
+        if len(shard_names) > 1:
+            (staging / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+        (staging / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
     return out_dir
+
+
+def _write_part(staging: Path, index: int, tensors: dict[str, np.ndarray]) -> None:
+    save_file(tensors, str(staging / f"part-{index}.safetensors"), metadata={"format": "pt"})

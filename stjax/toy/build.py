@@ -9,12 +9,11 @@ model or data path names one of them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from stjax.assets import cache_root
+from stjax.fileio import atomic_directory
 from stjax.toy import corpus
 
 VERSION = "v1"
@@ -29,29 +28,15 @@ TINY_MODEL = dict(vocab_size=640, hidden_size=64, intermediate_size=128, num_hid
                   rope_parameters={"rope_theta": 10000.0, "rope_type": "default"})
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("STJAX_CACHE", Path.home() / ".cache" / "stjax"))
-
-
 def toy_dir() -> Path:
-    return cache_dir() / "toy" / VERSION
+    return cache_root() / "toy" / VERSION
 
 
 def build_once(path: Path, builder: Callable[[Path], None]) -> Path:
-    """Runs builder(tmp) and renames tmp to path, unless path already exists."""
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        builder(staging)
-        staging.chmod(0o755)
-        os.replace(staging, path)
-    except OSError:
-        if not path.exists():  # a concurrent builder did not win the race either
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Runs builder(staging) and renames staging to path, unless path already exists."""
+    if not path.exists():
+        with atomic_directory(path, replace=False) as staging:
+            builder(staging)
     return path
 
 
