@@ -51,3 +51,63 @@ def cross_entropy(
     logp = target_logprobs(hidden, output_weights, targets, chunk_tokens=chunk_tokens)
     mask = loss_mask.astype(jnp.float32)
     return -(logp * mask).sum(), mask.sum()
+
+
+# ---------------------------------------------------------------------------------- PACT
+def top_p_count(logits: jax.Array, top_p: float, temperature: float = 1.0) -> jax.Array:
+    """Smallest number of entries whose softmax(logits / temperature) mass reaches top_p."""
+    probs = jnp.sort(jax.nn.softmax(logits / temperature, axis=-1), axis=-1)[..., ::-1]
+    count = (jnp.cumsum(probs, axis=-1) < top_p).sum(axis=-1) + 1
+    return jnp.minimum(count, logits.shape[-1])
+
+
+def pact_gate(train_logits, ref_post_logits, response_pos, *, gate_top_p=0.9, gate_alpha=2.0, gate_bias=0.0,
+              gate_temperature=1.0, gate_prefix_n=8, gate_decay_tau=8.0, gate_prefix_boost=1.0) -> jax.Array:
+    """Per-position weight [B, L] of the response-only reference (no gradient through it).
+
+    It grows when the trained model spreads its safety-token mass over more tokens than the
+    response-only reference does, and decays after the first gate_prefix_n response positions.
+    """
+    k = train_logits.shape[-1]
+    n_train = top_p_count(train_logits, gate_top_p, gate_temperature) / k
+    n_post = top_p_count(ref_post_logits, gate_top_p, gate_temperature) / k
+    gate = jax.nn.sigmoid(gate_alpha * (n_train - n_post - gate_bias))
+    t = response_pos.astype(jnp.float32)
+    if gate_decay_tau > 0:
+        decay = jnp.exp(-jnp.maximum(t - gate_prefix_n, 0.0) / gate_decay_tau)
+    else:
+        decay = (t < gate_prefix_n).astype(jnp.float32)
+    return jax.lax.stop_gradient(gate * decay * gate_prefix_boost)
+
+
+def pact_kl_per_position(train_logits, ref_full_logits, ref_post_logits, weights, response_pos, *,
+                         temperature=2.0, **gate_kwargs) -> tuple[jax.Array, jax.Array]:
+    """(KL_t [B, L], gate [B, L]) of the weighted safety-token target q against the trained model."""
+    z = train_logits.astype(jnp.float32)
+    gate = pact_gate(z, ref_post_logits.astype(jnp.float32), response_pos, **gate_kwargs)
+    ref = (1.0 - gate[..., None]) * ref_full_logits + gate[..., None] * ref_post_logits
+    q = jax.nn.softmax(ref.astype(jnp.float32) / temperature, axis=-1) * weights
+    q = q / jnp.maximum(q.sum(axis=-1, keepdims=True), 1e-12)
+    q = jax.lax.stop_gradient(q)
+    log_p = jax.nn.log_softmax(z / temperature, axis=-1)
+    kl = (q * (jnp.log(jnp.maximum(q, 1e-12)) - log_p)).sum(axis=-1) * temperature**2
+    return kl, gate
+
+
+def pact_kl(train_logits, ref_full_logits, ref_post_logits, weights, mask, response_pos, *, temperature=2.0,
+            gate_top_p=0.9, gate_alpha=2.0, gate_bias=0.0, gate_temperature=1.0, gate_prefix_n=8,
+            gate_decay_tau=8.0, gate_prefix_boost=1.0) -> tuple[jax.Array, dict]:
+    """PACT's KL term: mean over masked positions of KL(q || softmax(z / T)) * T^2.
+
+    The three logits are the K safety-token columns [B, L, K] of the trained model (full
+    context), the frozen reference (full context) and the reference on the response-only
+    sequence; weights [K] are the safety tokens' positive weights; mask [B, L] marks the
+    assistant positions; response_pos [B, L] counts them from 0. Returns (scalar, aux).
+    """
+    kl, gate = pact_kl_per_position(
+        train_logits, ref_full_logits, ref_post_logits, weights, response_pos, temperature=temperature,
+        gate_top_p=gate_top_p, gate_alpha=gate_alpha, gate_bias=gate_bias, gate_temperature=gate_temperature,
+        gate_prefix_n=gate_prefix_n, gate_decay_tau=gate_decay_tau, gate_prefix_boost=gate_prefix_boost)
+    mask = mask.astype(jnp.float32)
+    count = jnp.maximum(mask.sum(), 1.0)
+    return (kl * mask).sum() / count, {"gate_mean": (gate * mask).sum() / count}
