@@ -1,0 +1,137 @@
+"""Fixed-shape, per-host, resumable batches of tokenized examples.
+
+Shapes: every batch is [global_batch_size / process_count, L] with L one of a few bucket
+widths, so jit compiles one program per bucket, not per length. Rows are padded on the
+right; padded positions have attention_mask False, loss_mask 0 and response_pos -1.
+
+Order: epoch e is fixed by (seed, e) alone: examples are permuted, grouped by bucket
+(the leftovers of a bucket ride up into the next, wider one, so only one batch per epoch
+is partial), and the batches permuted. Every host computes the same global plan, so all
+hosts agree on each step's width, and materialises only its own rows of each batch. The
+last partial batch is padded with rows that have example_index -1 and zero masks
+(`drop_last=True` drops it instead), so the global batch shape never changes.
+
+Position: (epoch, index of the next batch) is the whole iterator state, so a run resumed
+with `set_state(get_state())` sees exactly the batches the original run would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from stjax.data.tokenize import TokenizedExample
+
+
+def bucket_lengths(max_len: int, buckets: Sequence[int] | None = None, min_len: int = 16) -> tuple[int, ...]:
+    """Batch widths: `buckets` or powers of two from `min_len`, always ending at max_len."""
+    if buckets is None:
+        buckets = [1 << k for k in range(max(min_len, 1).bit_length() - 1, max_len.bit_length())]
+    if any(b <= 0 or b > max_len for b in buckets):
+        raise ValueError(f"bucket widths must be in 1..max_len={max_len}, got {list(buckets)}")
+    return tuple(sorted({*buckets, max_len}))
+
+
+class BatchIterator:
+    """Endless iterator of host batches (dicts of numpy arrays), epoch after epoch.
+
+    Keys: inputs, targets (int32 [B, L]), loss_mask (float32 [B, L]), attention_mask
+    (bool [B, L]), response_pos (int32 [B, L]) and example_index (int32 [B]: the
+    `TokenizedExample.index` of each row, -1 for padding rows).
+    """
+
+    def __init__(self, examples: Sequence[TokenizedExample], global_batch_size: int, max_len: int, *,
+                 buckets: Sequence[int] | None = None, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = False, process_index: int | None = None, process_count: int | None = None):
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index = jax.process_index() if process_index is None else process_index
+            process_count = jax.process_count() if process_count is None else process_count
+        if global_batch_size % process_count:
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by "
+                             f"process_count {process_count}")
+        lengths = np.array([len(e.tokens) - 1 for e in examples], dtype=np.int64)
+        if lengths.size and lengths.max() > max_len:
+            raise ValueError(f"an example has {lengths.max() + 1} tokens, more than max_len={max_len}")
+        self.examples = list(examples)
+        self.buckets = bucket_lengths(max_len, buckets)
+        self.global_batch_size = global_batch_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self._rows = slice(process_index * global_batch_size // process_count,
+                           (process_index + 1) * global_batch_size // process_count)
+        self._bucket_of = np.searchsorted(self.buckets, lengths)
+        self._epoch, self._index = 0, 0
+        self._plan_epoch, self._plan = -1, []
+        if not self.batches_per_epoch:
+            raise ValueError(f"{len(self.examples)} examples make no batch of {global_batch_size}"
+                             + (" with drop_last" if drop_last else ""))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._epoch_plan(self._epoch))
+
+    def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """(width, example positions [global_batch_size], -1 for padding) for each batch."""
+        if epoch == self._plan_epoch:
+            return self._plan
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.examples)) if self.shuffle else np.arange(len(self.examples))
+        size, plan = self.global_batch_size, []
+        carry = np.zeros(0, np.int64)
+        for bucket, width in enumerate(self.buckets):
+            members = np.concatenate([carry, order[self._bucket_of[order] == bucket]])
+            full = len(members) - len(members) % size
+            plan += [(width, members[i:i + size]) for i in range(0, full, size)]
+            carry = members[full:]
+        if len(carry) and not self.drop_last:
+            width = self.buckets[self._bucket_of[carry].max()]
+            plan.append((width, np.pad(carry, (0, size - len(carry)), constant_values=-1)))
+        if self.shuffle:
+            plan = [plan[i] for i in rng.permutation(len(plan))]
+        self._plan_epoch, self._plan = epoch, plan
+        return plan
+
+    def get_state(self) -> dict[str, int]:
+        """The position of the next batch, as a JSON-able dict."""
+        return {"epoch": self._epoch, "index": self._index}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        epoch, index = int(state["epoch"]), int(state["index"])
+        if epoch < 0 or not 0 <= index <= len(self._epoch_plan(epoch)):
+            raise ValueError(f"iterator state {state} is out of range ({self.batches_per_epoch} batches an epoch)")
+        self._epoch, self._index = epoch, index
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._index >= len(self._epoch_plan(self._epoch)):
+            self._epoch, self._index = self._epoch + 1, 0
+        width, rows = self._epoch_plan(self._epoch)[self._index]
+        self._index += 1
+        return self._collate(width, rows[self._rows])
+
+    def _collate(self, width: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        shape = (len(rows), width)
+        batch = {
+            "inputs": np.zeros(shape, np.int32),
+            "targets": np.zeros(shape, np.int32),
+            "loss_mask": np.zeros(shape, np.float32),
+            "attention_mask": np.zeros(shape, bool),
+            "response_pos": np.full(shape, -1, np.int32),
+            "example_index": np.full(len(rows), -1, np.int32),
+        }
+        for row, position in enumerate(rows):
+            if position < 0:
+                continue
+            example = self.examples[position]
+            n = len(example.tokens) - 1
+            batch["inputs"][row, :n] = example.tokens[:-1]
+            batch["targets"][row, :n] = example.tokens[1:]
+            batch["loss_mask"][row, :n] = example.loss_mask
+            batch["attention_mask"][row, :n] = True
+            batch["response_pos"][row, :n] = example.response_pos
+            batch["example_index"][row] = example.index
+        return batch

@@ -1,0 +1,154 @@
+"""Readers that turn chat-shaped JSON/JSONL files and TFDS task sets into `Conversation`s.
+
+File errors name the file, the line (JSONL, or where JSON fails to parse) or the record
+index (JSON lists), and the shape that was expected, on one line, so a broken row in a
+50k-row file is found at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from stjax.data.records import Conversation, DataError, Message
+
+EXPECTED = ("expected an object with 'instruction' and 'output', or 'prompt' and 'response', "
+            "or 'input' and 'output', or 'messages'")
+
+
+def _text(record: Mapping, key: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise ValueError(f"expected '{key}' to be a string, got {type(value).__name__}")
+    return value
+
+
+def record_to_conversation(record: object, origin: str = "") -> Conversation:
+    """One record in any supported shape; raises ValueError saying what was expected.
+
+    {instruction, input?, output} becomes the user turn `instruction + " " + input` (the
+    PACT reference's prompt: README of shared/data), so the SST-2 / AG News sets
+    reproduce the reference prompts exactly.
+    """
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{EXPECTED}, got {type(record).__name__}")
+    if "messages" in record:
+        turns = record["messages"]
+        if not isinstance(turns, list) or not turns:
+            raise ValueError("expected 'messages' to be a non-empty list of {role, content} objects")
+        try:
+            messages = tuple(Message(t["role"], t["content"]) for t in turns)
+        except (TypeError, KeyError) as e:
+            raise ValueError("expected each of 'messages' to be an object with 'role' and 'content'") from e
+        return Conversation(messages, origin)
+    if "instruction" in record and "output" in record:
+        prompt = _text(record, "instruction")
+        if record.get("input"):
+            prompt = f"{prompt} {_text(record, 'input')}"
+        return Conversation.single_turn(prompt, _text(record, "output"), origin)
+    for user, assistant in (("prompt", "response"), ("input", "output")):
+        if user in record and assistant in record:
+            return Conversation.single_turn(_text(record, user), _text(record, assistant), origin)
+    raise ValueError(f"{EXPECTED}, got keys {sorted(record)}")
+
+
+def read_conversations(path: str | Path) -> list[Conversation]:
+    """A .jsonl file (one record a line, blank lines skipped) or a .json list of records."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path, text)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}:1: expected a JSON list of records, got {type(records).__name__}")
+    conversations = []
+    for index, record in enumerate(records):
+        try:
+            conversations.append(record_to_conversation(record, f"{path.name}#{index}"))
+        except ValueError as e:
+            raise DataError(f"{path}: record {index}: {e}") from None
+    return conversations
+
+
+def _read_jsonl(path: Path, text: str) -> list[Conversation]:
+    conversations = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+        try:
+            conversations.append(record_to_conversation(record, f"{path.name}:{lineno}"))
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: {e}") from None
+    return conversations
+
+
+SST2_PROMPT = "Analyze the sentiment of the input, and respond only positive or negative"
+AG_NEWS_PROMPT = ("Categorize the news article given in the input into one of the 4 categories:"
+                  "\n\nWorld\nSports\nBusiness\nSci/Tech\n")
+SST2_LABELS = ("negative", "positive")
+AG_NEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
+
+
+def _str(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _label(names: tuple[str, ...], row: Mapping) -> str:
+    label = int(row["label"])
+    if not 0 <= label < len(names):  # GLUE test splits carry label -1
+        raise ValueError(f"label {label} is not one of 0..{len(names) - 1} (unlabelled split?)")
+    return names[label]
+
+
+def _sst2(row: Mapping) -> tuple[str, str]:
+    return f"{SST2_PROMPT} {_str(row['sentence'])}", _label(SST2_LABELS, row)
+
+
+def _ag_news(row: Mapping) -> tuple[str, str]:
+    article = f"{_str(row['title'])} {_str(row['description'])}"
+    return f"{AG_NEWS_PROMPT} {article}", _label(AG_NEWS_LABELS, row)
+
+
+def _gsm8k(row: Mapping) -> tuple[str, str]:
+    return _str(row["question"]), _str(row["answer"])
+
+
+TFDS_TASKS: dict[str, Callable[[Mapping], tuple[str, str]]] = {
+    "glue/sst2": _sst2,
+    "ag_news_subset": _ag_news,
+    "gsm8k": _gsm8k,
+}
+"""TFDS name -> row to (user prompt, assistant target), prompts as in the PACT reference."""
+
+
+def tfds_conversations(name: str, split: str = "train", *, data_dir: str | None = None) -> list[Conversation]:
+    """A TFDS task set as single-turn conversations, through `tfds.data_source`.
+
+    `data_source` reads the prepared ArrayRecord files by random access, so neither
+    TensorFlow nor a tf.data pipeline is needed.
+    """
+    if name not in TFDS_TASKS:
+        raise DataError(f"unknown TFDS task {name!r}; known: {', '.join(TFDS_TASKS)}")
+    try:
+        import tensorflow_datasets as tfds
+        import tensorflow_datasets.text  # registers glue and gsm8k
+    except ImportError as e:
+        raise ImportError(f"TFDS sources need tensorflow-datasets: pip install 'stjax[tfds]' ({e})") from e
+    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    convert = TFDS_TASKS[name]
+    conversations = []
+    for index in range(len(source)):
+        origin = f"{name}:{split}#{index}"
+        try:
+            conversations.append(Conversation.single_turn(*convert(source[index]), origin))
+        except ValueError as e:
+            raise DataError(f"{origin}: {e}") from None
+    return conversations
