@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +31,22 @@ class LoraParam(nnx.Param):
     """A trainable adapter matrix (the base model's `nnx.Param`s stay frozen)."""
 
 
+class DropoutKey(nnx.Variable):
+    """The adapter's dropout key. The train step sets a fresh one per step before building
+    the model (see `with_dropout_keys`), so dropout needs no mutable RNG state."""
+
+
+def with_dropout_keys(state: nnx.State, key: jax.Array) -> nnx.State:
+    """`state` with every adapter's DropoutKey replaced by `key` folded with its path."""
+
+    def one(path, var):
+        if not isinstance(var, DropoutKey):
+            return var
+        return var.replace(jax.random.fold_in(key, zlib.crc32(repr(path).encode()) & 0x7FFFFFFF))
+
+    return nnx.map_state(one, state)
+
+
 class LoraAdapter(nnx.Module):
     def __init__(self, base: Projection, rank: int, alpha: float, dropout: float, rngs: nnx.Rngs):
         in_axes = base.weight.logical_axes[: len(base.in_shape)]
@@ -44,11 +61,14 @@ class LoraAdapter(nnx.Module):
         )
         self.b = LoraParam(jnp.zeros((rank, *base.out_shape), dtype), logical_axes=("lora_rank", *out_axes))
         self.scale = alpha / rank
-        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+        self.dropout = dropout
+        self.dropout_key = DropoutKey(jax.random.key(0)) if dropout > 0 else None
+        self.deterministic = False  # model.eval() turns dropout off
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.dropout is not None:
-            x = self.dropout(x)
+        if self.dropout_key is not None and not self.deterministic:
+            keep = jax.random.bernoulli(self.dropout_key[...], 1.0 - self.dropout, x.shape)
+            x = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
         down = jnp.tensordot(x, self.a[...].astype(x.dtype), axes=self.a.ndim - 1)
         return jnp.tensordot(down, self.b[...].astype(x.dtype), axes=1) * self.scale
 
@@ -72,7 +92,7 @@ def apply_lora(model: CausalLM, *, rank: int, alpha: float, dropout: float = 0.0
     unknown = sorted(set(targets) - set(TARGETS))
     if unknown:
         raise ValueError(f"lora.targets: unknown module(s) {unknown}; expected a subset of {list(TARGETS)}")
-    rngs = nnx.Rngs(params=seed, dropout=seed + 1)  # one dropout stream shared by all adapters
+    rngs = nnx.Rngs(params=seed)
     found = list(adapted_projections(model, targets))
     for _, projection in found:
         projection.lora = LoraAdapter(projection, rank, alpha, dropout, rngs)

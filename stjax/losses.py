@@ -26,21 +26,52 @@ def chunk_length(batch: int, length: int, chunk_tokens: int) -> int:
     return max(1, min(length, chunk_tokens // max(batch, 1)))
 
 
+def map_chunks(fn, arrays: tuple[jax.Array, ...], chunk: int) -> jax.Array:
+    """fn over sequence chunks of [B, L, ...] arrays, rematerialized in the backward pass;
+    fn maps [B, C, ...] chunks to [B, C] and the results are joined back into [B, L]."""
+    B, L = arrays[0].shape[:2]
+    step = jax.checkpoint(lambda args: fn(*args))
+    out = jax.lax.map(step, tuple(_chunks(a, chunk) for a in arrays))
+    return jnp.swapaxes(out, 0, 1).reshape(B, -1)[:, :L]
+
+
+def _logits(h: jax.Array, output_weights: jax.Array) -> jax.Array:
+    return jnp.einsum("bcd,dv->bcv", h, output_weights.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
 def target_logprobs(
     hidden: jax.Array, output_weights: jax.Array, targets: jax.Array, *, chunk_tokens: int = 512
 ) -> jax.Array:
     """log p(targets) [B, L] in float32, from hidden [B, L, D] and the output matrix [D, V]."""
-    B, L, _ = hidden.shape
-    chunk = chunk_length(B, L, chunk_tokens)
 
-    @jax.checkpoint
     def one_chunk(h, t):
-        logits = jnp.einsum("bcd,dv->bcv", h, output_weights.astype(h.dtype), preferred_element_type=jnp.float32)
+        logits = _logits(h, output_weights)
         picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
         return picked - jax.nn.logsumexp(logits, axis=-1)
 
-    logp = jax.lax.map(lambda args: one_chunk(*args), (_chunks(hidden, chunk), _chunks(targets, chunk)))
-    return jnp.swapaxes(logp, 0, 1).reshape(B, -1)[:, :L]
+    B, L, _ = hidden.shape
+    return map_chunks(one_chunk, (hidden, targets), chunk_length(B, L, chunk_tokens))
+
+
+def logsumexp_chunked(hidden: jax.Array, output_weights: jax.Array, *, temperature: float = 1.0,
+                      chunk_tokens: int = 512) -> jax.Array:
+    """logsumexp over the vocabulary of logits / temperature, [B, L]."""
+    B, L, _ = hidden.shape
+    return map_chunks(lambda h: jax.nn.logsumexp(_logits(h, output_weights) / temperature, axis=-1),
+                      (hidden,), chunk_length(B, L, chunk_tokens))
+
+
+def full_vocab_kl(ref_hidden: jax.Array, ref_weights: jax.Array, hidden: jax.Array, output_weights: jax.Array, *,
+                  chunk_tokens: int = 512) -> jax.Array:
+    """KL(p_ref || p_theta) over the whole vocabulary at every position, [B, L]."""
+
+    def one_chunk(rh, h):
+        log_ref = jax.nn.log_softmax(jax.lax.stop_gradient(_logits(rh, ref_weights)), axis=-1)
+        log_p = jax.nn.log_softmax(_logits(h, output_weights), axis=-1)
+        return (jnp.exp(log_ref) * (log_ref - log_p)).sum(axis=-1)
+
+    B, L, _ = hidden.shape
+    return map_chunks(one_chunk, (ref_hidden, hidden), chunk_length(B, L, chunk_tokens))
 
 
 def cross_entropy(
@@ -111,3 +142,28 @@ def pact_kl(train_logits, ref_full_logits, ref_post_logits, weights, mask, respo
     mask = mask.astype(jnp.float32)
     count = jnp.maximum(mask.sum(), 1.0)
     return (kl * mask).sum() / count, {"gate_mean": (gate * mask).sum() / count}
+
+
+def pact_bucket_kl_per_position(train_logits, train_lse, ref_full_logits, ref_full_lse, ref_post_logits,
+                                ref_post_lse, weights, response_pos, *, temperature=2.0, **gate_kwargs):
+    """Experimental K + 1 bucket PACT: (KL_t [B, L], gate [B, L]).
+
+    Buckets are the K safety tokens and "the rest of the vocabulary", with full-vocabulary
+    probabilities at temperature T (the *_lse arguments are logsumexp(logits / T) over the
+    whole vocabulary). The target keeps the reference's mass on each safety token scaled by
+    weight / max(weight); the remainder goes to the rest bucket.
+    """
+    T = temperature
+    z = train_logits.astype(jnp.float32)
+    gate = pact_gate(z, ref_post_logits.astype(jnp.float32), response_pos, **gate_kwargs)
+    c = gate[..., None]
+    log_ref = (1.0 - c) * (ref_full_logits / T - ref_full_lse[..., None]) + c * (
+        ref_post_logits / T - ref_post_lse[..., None])
+    q_tokens = jnp.exp(log_ref) * (weights / jnp.maximum(weights.max(), 1e-12))
+    q_tokens = jax.lax.stop_gradient(jnp.minimum(q_tokens, 1.0))
+    q_rest = jnp.maximum(1.0 - q_tokens.sum(axis=-1), 0.0)
+    log_p_tokens = z / T - train_lse[..., None]
+    p_rest = jnp.maximum(1.0 - jnp.exp(log_p_tokens).sum(axis=-1), 1e-12)
+    kl = (q_tokens * (jnp.log(jnp.maximum(q_tokens, 1e-12)) - log_p_tokens)).sum(axis=-1)
+    kl += q_rest * (jnp.log(jnp.maximum(q_rest, 1e-12)) - jnp.log(p_rest))
+    return kl * T**2, gate

@@ -12,11 +12,11 @@ from stjax.lora import LoraParam, apply_lora
 from stjax.losses import cross_entropy, target_logprobs
 from stjax.models import from_pretrained, make_mesh
 from stjax.training.step import (
-    TrainState, batch_sharding, jit_train_step, make_train_step, split_model, state_sharding,
+    Frozen, TrainState, batch_sharding, jit_train_step, make_train_step, split_model, state_sharding,
 )
 
 
-def sft_loss(outputs, batch):
+def sft_loss(outputs, batch, refs):
     loss_sum, count = cross_entropy(outputs.hidden, outputs.output_weights, batch["targets"], batch["loss_mask"],
                                     chunk_tokens=16)
     return loss_sum, count, {}
@@ -45,7 +45,8 @@ def run_steps(path, mesh_shape, *, lora, steps=2, grad_accum=1, tx=None, same_ba
     model = from_pretrained(path, mesh=mesh)
     if lora:
         apply_lora(model, rank=4, alpha=8, targets=["q_proj", "v_proj", "up_proj"])
-    graphdef, params, frozen = split_model(model, LoraParam if lora else nnx.Param)
+    graphdef, params, rest = split_model(model, LoraParam if lora else nnx.Param)
+    frozen = Frozen(rest)
     tx = tx or optax.sgd(0.5)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(jax.random.key(0)))
     shardings = state_sharding(state, mesh)
@@ -88,7 +89,7 @@ def test_lora_trains_only_adapters_and_starts_as_identity(checkpoint):
     leaves = nnx.to_flat_state(params)
     assert leaves and all(path[-1] in ("a", "b") for path, _ in leaves)
     original = nnx.state(from_pretrained(checkpoint), nnx.Param)
-    for (path, var), (_, ref) in zip(nnx.to_flat_state(nnx.state(frozen, nnx.Param)), nnx.to_flat_state(original)):
+    for (path, var), (_, ref) in zip(nnx.to_flat_state(nnx.state(frozen.rest, nnx.Param)), nnx.to_flat_state(original)):
         np.testing.assert_array_equal(var[...], ref[...], err_msg=str(path))
 
 

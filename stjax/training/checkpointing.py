@@ -25,23 +25,19 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: TrainState, data_state: dict, extra: dict | None = None) -> None:
+    def save(self, step: int, state: TrainState, data_state: dict) -> None:
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state),
-            extra=ocp.args.JsonSave(extra or {}),
-        ), force=True)
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
-    def restore(self, step: int, target: TrainState, shardings: TrainState) -> tuple[TrainState, dict, dict]:
+    def restore(self, step: int, target: TrainState, shardings: TrainState) -> tuple[TrainState, dict]:
         """Restores into `shardings` (abstract targets rebuilt with concrete NamedShardings)."""
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract),
             data=ocp.args.JsonRestore(),
-            extra=ocp.args.JsonRestore(),
         ))
-        return restored.state, restored.data, restored.extra
+        return restored.state, restored.data
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

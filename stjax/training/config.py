@@ -74,8 +74,27 @@ class OptimizerSection:
 
 @dataclasses.dataclass
 class LossSection:
-    kind: Literal["sft"] = "sft"
+    """`kind` picks the objective; the other keys parametrize the ones that use them."""
+
+    kind: Literal["sft", "pact", "kl", "constrained_sft", "pact_bucket"] = "sft"
     chunk_tokens: int = 512  # tokens per chunk of the vocabulary projection
+    lam: float = 1.0  # weight of the KL term (PACT's lambda; kl baseline too)
+    ref: Literal["online", "cached"] = "cached"  # reference logits: in the step, or precomputed once
+    # PACT
+    safety_tokens: str | None = None  # output directory of python -m stjax.safety_tokens
+    temperature: float = 2.0
+    gate_top_p: float = 0.9
+    gate_alpha: float = 2.0
+    gate_bias: float = 0.0
+    gate_temperature: float = 1.0
+    gate_prefix_n: int = 8
+    gate_decay_tau: float = 8.0
+    gate_prefix_boost: float = 1.0
+    # constrained_sft (Qi et al. 2025): beta_1, beta_2..beta_{early_until}, then beta_late
+    beta_first: float = 0.5
+    beta_early: float = 2.0
+    beta_late: float = 0.1
+    early_until: int = 5
 
 
 @dataclasses.dataclass
@@ -138,6 +157,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigKeyError("'data.harmful': required when data.harmful_ratio > 0")
     if config.data.safety_ratio > 0 and config.data.safety is None:
         raise ConfigKeyError("'data.safety': required when data.safety_ratio > 0")
+    if config.loss.kind in ("pact", "pact_bucket") and not config.loss.safety_tokens:
+        raise ConfigKeyError(f"'loss.safety_tokens': required when loss.kind is {config.loss.kind} "
+                             "(run python -m stjax.safety_tokens first)")
     return config
 
 

@@ -5,6 +5,10 @@ all weights) and the frozen rest. Only the trainable part is differentiated, don
 given optimizer state; the frozen weights are passed by reference every step and never
 copied. Micro-batches are scanned and their gradients summed, then divided by the token
 count of the whole step, so gradient accumulation weighs every token equally.
+
+Losses that compare against the frozen starting model get a `Reference`: with LoRA it is
+the same graph with the adapters' B matrices zeroed (no second copy of the weights); with
+full fine-tuning it is a frozen copy of the initial weights, passed in `Frozen.reference`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from stjax.lora import with_dropout_keys
 from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding, state_shardings
 
 
@@ -28,8 +33,23 @@ class ModelOutputs(NamedTuple):
     output_weights: jax.Array
 
 
-# loss(outputs, batch) -> (sum of per-token losses, token count, {metric: per-token sum})
-LossFn = Callable[[ModelOutputs, dict], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
+class Reference(NamedTuple):
+    """The frozen reference model, evaluated on demand inside the step (no gradient)."""
+
+    hidden: Callable[[jax.Array, jax.Array], jax.Array]  # (tokens, attention_mask) -> [B, L, D]
+    output_weights: Callable[[jax.Array | None], jax.Array]  # columns -> [D, K]
+
+
+class Frozen(NamedTuple):
+    rest: nnx.State  # everything that is not trained
+    reference: nnx.State | None = None  # full fine-tuning with an online reference: initial weights
+
+
+# loss(outputs, batch, refs) -> (sum of per-token losses, token count, {metric: per-token sum}); refs holds
+# the reference quantities the loss needs, computed in the step or read from the (cached) batch.
+LossFn = Callable[[ModelOutputs, dict, dict], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
+# reference_fn(reference, batch) -> refs
+ReferenceFn = Callable[[Reference, dict], dict]
 
 
 @jax.tree_util.register_dataclass
@@ -46,25 +66,43 @@ def split_model(model: nnx.Module, trainable) -> tuple[nnx.GraphDef, nnx.State, 
     return nnx.split(model, trainable, ...)
 
 
-def forward(graphdef, params, frozen, batch, dropout_key) -> ModelOutputs:
-    model = nnx.merge(graphdef, params, frozen)
-    nnx.reseed(model, dropout=dropout_key)
+def forward(graphdef, params, frozen: Frozen, batch, dropout_key) -> ModelOutputs:
+    # A fresh dropout key per step and micro-batch, so runs are reproducible and resume exactly.
+    model = nnx.merge(graphdef, params, with_dropout_keys(frozen.rest, dropout_key))
     hidden, _ = model.hidden_states(batch["inputs"], attention_mask=batch["attention_mask"])
     return ModelOutputs(hidden, model.output_weights())
 
 
+def make_reference(graphdef, params, frozen: Frozen) -> Reference:
+    """The starting model: adapters off (B = 0) with LoRA, the frozen initial copy otherwise."""
+    reference_params = frozen.reference if frozen.reference is not None else jax.tree.map(jnp.zeros_like, params)
+    model = nnx.merge(graphdef, jax.lax.stop_gradient(reference_params), frozen.rest)
+    model.eval()  # no dropout in the reference
+
+    def hidden(tokens, attention_mask):
+        return jax.lax.stop_gradient(model.hidden_states(tokens, attention_mask=attention_mask)[0])
+
+    return Reference(hidden, lambda columns=None: jax.lax.stop_gradient(model.output_weights(columns)))
+
+
 def make_train_step(
     graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_accum: int = 1,
+    reference_fn: ReferenceFn | None = None,
 ):
-    """Returns the un-jitted step; `jit_train_step` adds shardings and donation."""
+    """Returns the un-jitted step; `jit_train_step` adds shardings and donation.
+
+    With reference_fn the reference quantities are computed in the step (online);
+    without, the loss reads them from the batch (cached, or not needed).
+    """
 
     def micro_loss(params, frozen, micro, key):
-        loss_sum, count, metrics = loss_fn(forward(graphdef, params, frozen, micro, key), micro)
+        refs = micro if reference_fn is None else reference_fn(make_reference(graphdef, params, frozen), micro)
+        loss_sum, count, metrics = loss_fn(forward(graphdef, params, frozen, micro, key), micro, refs)
         return loss_sum, (count, metrics)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def train_step(state: TrainState, frozen: nnx.State, batch: dict):
+    def train_step(state: TrainState, frozen: Frozen, batch: dict):
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         micro_batches = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
 

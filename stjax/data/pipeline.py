@@ -1,0 +1,63 @@
+"""The training config's data section -> tokenized examples and their batch iterator."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stjax.data.batching import BatchIterator
+from stjax.data.mixing import mix
+from stjax.data.records import Conversation, Message
+from stjax.data.sources import read_conversations, tfds_conversations
+from stjax.data.template import assistant_header_ids
+from stjax.data.tokenize import TokenizedExample, TokenizeStats, tokenize_conversations
+
+
+@dataclasses.dataclass
+class TrainingData:
+    examples: list[TokenizedExample]
+    stats: TokenizeStats
+    batches: BatchIterator
+    header_ids: list[int]  # the template's assistant header (PACT's response-only sequences)
+
+
+def load_tokenizer(path: str):
+    """The model's tokenizer; a missing pad token falls back to EOS (masks are explicit arrays)."""
+    from transformers import AutoTokenizer
+
+    from stjax.toy.build import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise FileNotFoundError(f"{path}: the tokenizer has no chat_template (an instruct model's tokenizer is needed)")
+    return tokenizer
+
+
+def load_source(source) -> list[Conversation]:
+    """A SourceSection (local file, toy:// asset or TFDS name) -> conversations, first `limit`."""
+    from stjax.toy.build import resolve
+
+    rows = read_conversations(resolve(source.path)) if source.path else tfds_conversations(source.tfds, source.split)
+    return rows[: source.limit] if source.limit is not None else rows
+
+
+def with_system_prompt(conversations: list[Conversation], prompt: str | None) -> list[Conversation]:
+    if prompt is None:
+        return conversations
+    system = Message("system", prompt)
+    return [dataclasses.replace(c, messages=(system, *c.messages)) for c in conversations]
+
+
+def build_training_data(config, tokenizer) -> TrainingData:
+    data = config.data
+    conversations = [row for source in data.train for row in load_source(source)]
+    if data.harmful is not None and data.harmful_ratio > 0:
+        conversations = mix(conversations, load_source(data.harmful), data.harmful_ratio, seed=data.mix_seed)
+    if data.safety is not None and data.safety_ratio > 0:
+        conversations = mix(conversations, load_source(data.safety), data.safety_ratio, seed=data.mix_seed + 1)
+    conversations = with_system_prompt(conversations, data.system_prompt)
+    examples, stats = tokenize_conversations(conversations, tokenizer, data.max_len)
+    batches = BatchIterator(examples, config.train.batch_size, data.max_len, buckets=data.buckets,
+                            seed=config.train.seed)
+    return TrainingData(examples, stats, batches, assistant_header_ids(tokenizer))

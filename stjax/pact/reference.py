@@ -1,0 +1,63 @@
+"""The frozen reference's safety-token logits for PACT: full context and response only.
+
+The response-only sequence (assistant header + response) is a contiguous slice of the
+training sequence: the chat-template prompt ends with the header. So it is built on
+device by shifting each row left past its user prompt, and the reference's logits are
+shifted back afterwards, aligning position t of the response in both. The same code
+serves the online step and the cache precomputed before training.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+# (tokens [B, L], attention_mask [B, L]) -> final hidden states [B, L, D]
+HiddenFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def response_start_shift(loss_mask: jax.Array, header_len: int) -> jax.Array:
+    """Per-row index [B] where the assistant header starts (first loss position - header + 1)."""
+    first = jnp.argmax(loss_mask > 0, axis=1)
+    return jnp.maximum(first - header_len + 1, 0)
+
+
+def shift_rows(x: jax.Array, shift: jax.Array, fill=0) -> tuple[jax.Array, jax.Array]:
+    """Row i moved left by shift[i] ([B, L, ...]); also the mask of positions that came from x."""
+    L = x.shape[1]
+    source = jnp.arange(L)[None, :] + shift[:, None]
+    inside = source < L
+    index = jnp.minimum(source, L - 1).reshape(source.shape + (1,) * (x.ndim - 2))
+    moved = jnp.take_along_axis(x, index, axis=1)
+    return jnp.where(inside.reshape(index.shape), moved, fill), inside
+
+
+def unshift_rows(x: jax.Array, shift: jax.Array) -> jax.Array:
+    """Inverse of shift_rows for the positions at or after the shift (others are zero)."""
+    L = x.shape[1]
+    source = jnp.arange(L)[None, :] - shift[:, None]
+    valid = source >= 0
+    index = jnp.maximum(source, 0).reshape(source.shape + (1,) * (x.ndim - 2))
+    return jnp.where(valid.reshape(index.shape), jnp.take_along_axis(x, index, axis=1), 0)
+
+
+def reference_safety_logits(
+    hidden_fn: HiddenFn, output_columns: jax.Array, batch: dict, header_len: int,
+) -> tuple[jax.Array, jax.Array]:
+    """(r_full, r_post): the reference's [B, L, K] safety-token logits, aligned to the batch.
+
+    output_columns [D, K] are the safety-token columns of the reference's output matrix.
+    """
+    inputs, attention = batch["inputs"], batch["attention_mask"]
+    hidden = hidden_fn(inputs, attention)
+    r_full = jnp.einsum("bld,dk->blk", hidden, output_columns.astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    shift = response_start_shift(batch["loss_mask"], header_len)
+    post_inputs, inside = shift_rows(inputs, shift)
+    post_attention, _ = shift_rows(attention, shift, fill=False)
+    post_hidden = hidden_fn(post_inputs, post_attention & inside)
+    r_post = jnp.einsum("bld,dk->blk", post_hidden, output_columns.astype(post_hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    return jax.lax.stop_gradient(r_full), jax.lax.stop_gradient(unshift_rows(r_post, shift))

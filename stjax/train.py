@@ -1,0 +1,35 @@
+"""`python -m stjax.train --config configs/X.yaml [section.key=value ...]`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stjax.cli import run_cli
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stjax.train", description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_steps=10")
+    args = parser.parse_args(argv)
+
+    from stjax.training.config import load_train_config
+    from stjax.training.trainer import Trainer, TrainingDiverged
+
+    config = load_train_config(args.config, args.overrides)
+    try:
+        result = Trainer(config).run()
+    except TrainingDiverged as e:
+        print(f"stjax.train: {e}", file=sys.stderr)
+        return 3
+    if result.stopped_by:
+        print(f"stjax.train: {result.stopped_by} received: checkpoint saved at step {result.final_step}; "
+              f"rerun the same command to resume")
+    else:
+        print(f"stjax.train: finished {result.final_step} steps; outputs in {config.train.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli("stjax.train", main))

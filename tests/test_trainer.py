@@ -1,0 +1,107 @@
+"""The trainer end to end: CLI, exact resume, SIGTERM, NaN guard, exports, config errors."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stjax import train as train_cli
+from stjax.training.metrics_log import read_metrics
+from stjax.training.trainer import Trainer, TrainingDiverged
+from trainer_fixtures import make_config
+
+TINY = Path(__file__).parents[1] / "configs" / "tiny_sft.yaml"
+
+
+def losses_of(run_dir):
+    return {m["step"]: m["loss"] for m in read_metrics(run_dir)}
+
+
+def test_two_n_steps_equal_n_steps_restart_n_steps(tmp_path):
+    Trainer(make_config(tmp_path / "straight")).run()
+    Trainer(make_config(tmp_path / "split", train={"max_steps": 3})).run()
+    resumed = Trainer(make_config(tmp_path / "split"))
+    assert resumed.maybe_resume() == 3 and resumed.data.batches.get_state()["index"] == 3
+    resumed.run()
+    straight, split = losses_of(tmp_path / "straight"), losses_of(tmp_path / "split")
+    assert sorted(split) == list(range(1, 7))
+    np.testing.assert_allclose([split[s] for s in range(1, 7)], [straight[s] for s in range(1, 7)], rtol=1e-6)
+
+
+class SignalAfter:
+    """Wraps a batch iterator and sends SIGTERM to this process when batch n is drawn."""
+
+    def __init__(self, batches, n):
+        self.batches, self.n, self.drawn = batches, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.batches, name)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.drawn += 1
+        if self.drawn == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return next(self.batches)
+
+
+def test_sigterm_saves_and_the_rerun_resumes_exactly(tmp_path):
+    trainer = Trainer(make_config(tmp_path / "pre", checkpoint={"every_steps": 100}))
+    trainer.data.batches = SignalAfter(trainer.data.batches, 2)
+    result = trainer.run()
+    assert result.stopped_by == "SIGTERM" and result.final_step == 2
+    assert sorted(os.listdir(tmp_path / "pre" / "checkpoints")) == ["2"]
+    Trainer(make_config(tmp_path / "pre", checkpoint={"every_steps": 100})).run()
+    Trainer(make_config(tmp_path / "ref", checkpoint={"every_steps": 100})).run()
+    pre, ref = losses_of(tmp_path / "pre"), losses_of(tmp_path / "ref")
+    np.testing.assert_allclose([pre[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)], rtol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = make_config(tmp_path, optimizer={"lr": 1e30, "clip_norm": None}, lora={"enabled": False},
+                         checkpoint={"every_steps": 1}, train={"max_steps": 20})
+    with pytest.raises(TrainingDiverged, match=r"step (\d+): loss is (nan|inf)") as info:
+        Trainer(config).run()
+    bad_step = int(info.value.args[0].split()[1].rstrip(":"))
+    saved = [int(s) for s in os.listdir(tmp_path / "checkpoints")]
+    assert saved and max(saved) < bad_step
+    assert all(np.isfinite(m["loss"]) for m in read_metrics(tmp_path))
+
+
+def test_cli_runs_a_config_file(tmp_path):
+    code = train_cli.main(["--config", str(TINY), f"train.run_dir={tmp_path}", "train.max_steps=4",
+                           "logging.progress=false"])
+    assert code == 0
+    metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert set(metrics[0]) >= {"loss", "ce", "lr", "grad_norm", "tokens", "tokens_per_sec"}
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "tensorboard").is_dir()
+    adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == ["q_proj", "v_proj"] and adapter["r"] == 8
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lrr=0.1", "unknown key 'optimizer.lrr' (did you mean 'optimizer.lr'?)"),
+    ("train.batch_size=eight", "'train.batch_size': expected int, got 'eight'"),
+    ("loss.kind=dpo", "'loss.kind': expected one of"),
+    ("train.grad_accum=3", "'train.batch_size': 16 is not divisible by train.grad_accum=3"),
+])
+def test_config_errors_are_one_line_with_the_key(override, message, capsys):
+    assert train_cli.run_cli("stjax.train", train_cli.main, ["--config", str(TINY), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_missing_required_key_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {dtype: float32}\ndata: {train: []}\n")
+    assert train_cli.run_cli("stjax.train", train_cli.main, ["--config", str(bad)]) == 2
+    assert "missing required key 'model.path'" in capsys.readouterr().err
+    assert train_cli.run_cli("stjax.train", train_cli.main, ["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
