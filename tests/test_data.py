@@ -9,59 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from stjax.data import (BatchIterator, Conversation, DataError, Message, assistant_header_ids, bucket_lengths,
                         mix, read_conversations, safety_mix, tfds_conversations, tokenize_conversations)
 from stjax.data.sources import AG_NEWS_LABELS, SST2_LABELS, SST2_PROMPT
+from chat_tokenizers import BROKEN_MERGE, BROKEN_TEXT, bpe, chatml, llama3, wrap  # noqa: F401 (fixtures)
 
 SHARED = Path(__file__).parents[2] / "shared/data/pact-reference"
-
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
-            "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-CHATML = ("{% if messages[0]['role'] != 'system' %}"
-          "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-          "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}"
-          "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
-          "{% endfor %}{% if add_generation_prompt %}"
-          "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
-# Generation prompt differs from how a history assistant turn is rendered ("Assistant" vs "assistant").
-BROKEN_TEXT = CHATML.replace("'<|im_start|>assistant\\n'", "'<|im_start|>Assistant\\n'")
-# Generation prompt ends in a space the response's first word merges with ("Ġpositive" is one token).
-BROKEN_MERGE = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '<|im_end|>' }}{% endfor %}"
-                "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
-CORPUS = [("You are a helpful assistant. Analyze the sentiment of the input, and respond only positive or "
-           "negative. Sure, here is the answer: positive negative user assistant system the a film")] * 4
-
-
-@pytest.fixture(scope="module")
-def bpe():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    return tok
-
-
-def wrap(bpe, template, eos="<|im_end|>"):
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token=eos,
-                                   pad_token="<|endoftext|>", chat_template=template)
-
-
-@pytest.fixture(scope="module")
-def chatml(bpe):
-    return wrap(bpe, CHATML)
-
-
-@pytest.fixture(scope="module")
-def llama3(bpe):
-    return wrap(bpe, LLAMA3, eos="<|eot_id|>")
-
 
 def write(path: Path, text: str) -> Path:
     path.write_text(text)

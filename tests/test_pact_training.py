@@ -1,0 +1,103 @@
+"""PACT in the trainer: response-only sequences, cached == online, lambda = 0 == SFT."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from chat_tokenizers import bpe, chatml, llama3  # noqa: F401 (fixtures)
+from stjax.data import Conversation, assistant_header_ids, tokenize_conversations
+from stjax.data.batching import BatchIterator
+from stjax.models import from_pretrained, init_model
+from stjax.pact.reference import response_start_shift, shift_rows, unshift_rows
+from stjax.pact.safety_tokens import SafetyTokenError, compute_safety_tokens, save_safety_tokens, teacher_forced_pairs
+from stjax.toy import corpus
+from stjax.toy.build import resolve
+from stjax.training.metrics_log import read_metrics
+from stjax.training.trainer import Trainer
+from trainer_fixtures import make_config
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama3"])
+def test_response_only_sequence_is_header_plus_response(request, template):
+    tokenizer = request.getfixturevalue(template)
+    rows = [("Analyze the sentiment of the input a film", "positive"), ("the a", "Sure, here is the answer")]
+    examples, _ = tokenize_conversations([Conversation.single_turn(u, a) for u, a in rows], tokenizer, 64)
+    batch = next(BatchIterator(examples, 2, 64, shuffle=False))
+    header = assistant_header_ids(tokenizer)
+    shift = response_start_shift(jnp.asarray(batch["loss_mask"]), len(header))
+    post, inside = shift_rows(jnp.asarray(batch["inputs"]), shift)
+    for row, index in enumerate(batch["example_index"]):
+        answer = rows[index][1]
+        response = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        eot = examples[index].tokens[-1]  # the template's end-of-turn token closes the response
+        want = header + response  # header + (response + end-of-turn)[:-1]
+        n = int(np.asarray(batch["attention_mask"][row]).sum()) - int(shift[row])
+        assert np.asarray(post[row, :n]).tolist() == want, tokenizer.decode(np.asarray(post[row, :n]))
+        assert tokenizer.decode([int(eot)]) in ("<|im_end|>", "<|eot_id|>")
+        # position t of the response predicts the same target in both sequences
+        positions = np.flatnonzero(batch["loss_mask"][row])
+        back = np.asarray(unshift_rows(post, shift))[row]
+        assert (back[positions] == batch["inputs"][row, positions]).all()
+
+
+@pytest.fixture(scope="module")
+def safety_dir(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    path = resolve("toy://random-model")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    aligned = from_pretrained(path)
+    base = init_model(aligned.config, seed=5)
+    rows = [{"input": p, "output": r} for p, r in zip(corpus.harmful_prompts(6, 0), corpus.REFUSALS * 2)]
+    result = compute_safety_tokens(aligned, base, teacher_forced_pairs(tokenizer, rows, 16), top_k=16,
+                                   progress=False)
+    out = tmp_path_factory.mktemp("safety") / "st"
+    save_safety_tokens(result, out, tokenizer, {})
+    return out
+
+
+def first_losses(run_dir, **loss):
+    Trainer(make_config(run_dir, loss=loss, train={"max_steps": 3})).run()
+    return [m for m in read_metrics(run_dir)]
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_cached_and_online_reference_give_the_same_losses(tmp_path, safety_dir, lora):
+    common = dict(kind="pact", safety_tokens=str(safety_dir), lam=5.0)
+    kwargs = {} if lora else {"lora": {"enabled": False}}
+
+    def run(name, ref):
+        Trainer(make_config(tmp_path / name, loss={**common, "ref": ref}, train={"max_steps": 3}, **kwargs)).run()
+        return read_metrics(tmp_path / name)
+
+    cached, online = run("cached", "cached"), run("online", "online")
+    for c, o in zip(cached, online):
+        np.testing.assert_allclose([c["loss"], c["kl"], c["gate"]], [o["loss"], o["kl"], o["gate"]],
+                                   rtol=2e-5, atol=1e-7)
+    assert all(m["kl"] > 0 and 0 <= m["gate"] <= 1 for m in cached)
+
+
+def test_lambda_zero_equals_sft(tmp_path, safety_dir):
+    sft = first_losses(tmp_path / "sft", kind="sft")
+    pact = first_losses(tmp_path / "pact", kind="pact", safety_tokens=str(safety_dir), lam=0.0)
+    np.testing.assert_allclose([m["loss"] for m in pact], [m["loss"] for m in sft], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind,ref", [("kl", "online"), ("constrained_sft", "cached"), ("pact_bucket", "cached")])
+def test_baselines_train(tmp_path, safety_dir, kind, ref):
+    metrics = first_losses(tmp_path, kind=kind, ref=ref, safety_tokens=str(safety_dir))
+    assert len(metrics) == 3 and all(np.isfinite(m["loss"]) for m in metrics)
+    if kind == "kl":
+        assert metrics[0]["kl"] < 1e-5  # the model starts equal to its reference
+
+
+def test_trainer_refuses_safety_tokens_of_another_vocabulary(tmp_path, safety_dir):
+    import json
+
+    meta = safety_dir / "safety_tokens.json"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "safety_tokens.safetensors").write_bytes((safety_dir / "safety_tokens.safetensors").read_bytes())
+    (other / "safety_tokens.json").write_text(json.dumps({**json.loads(meta.read_text()), "vocab_size": 32000}))
+    with pytest.raises(SafetyTokenError, match="vocabulary of 32000 tokens"):
+        Trainer(make_config(tmp_path / "run", loss={"kind": "pact", "safety_tokens": str(other)}))
