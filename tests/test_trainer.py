@@ -73,10 +73,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(m["loss"]) for m in read_metrics(tmp_path))
 
 
-def test_cli_runs_a_config_file(tmp_path):
-    code = train_cli.main(["--config", str(TINY), f"train.run_dir={tmp_path}", "train.max_steps=4",
+def test_cli_runs_a_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative run_dir, as users write them
+    code = train_cli.main(["--config", str(TINY), "train.run_dir=run", "train.max_steps=4",
                            "logging.progress=false"])
     assert code == 0
+    tmp_path = tmp_path / "run"
     metrics = read_metrics(tmp_path)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert set(metrics[0]) >= {"loss", "ce", "lr", "grad_norm", "tokens", "tokens_per_sec"}

@@ -7,6 +7,8 @@ crash or SIGTERM mid-save never corrupts the last good checkpoint; paths may be 
 
 from __future__ import annotations
 
+import os
+
 import jax
 import orbax.checkpoint as ocp
 
@@ -15,9 +17,10 @@ from stjax.training.step import TrainState
 
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
-        self.directory = directory
+        # orbax wants absolute paths; URLs (gs://...) pass through
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
-            directory,
+            self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
         )
