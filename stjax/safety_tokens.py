@@ -32,27 +32,19 @@ class SafetyTokensConfig:
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stjax.safety_tokens", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML with the SafetyTokensConfig keys")
-    parser.add_argument("overrides", nargs="*", help="overrides, e.g. top_k=20")
-    args = parser.parse_args(argv)
-
+def run(cfg: SafetyTokensConfig, *, progress: bool = True):
+    """Computes and saves the safety tokens; returns (SafetyTokens, tokenizer, output dir)."""
     import jax.numpy as jnp
 
-    from stjax.configlib import apply_overrides, from_dict, read_yaml
-    from stjax.data.sources import read_conversations
     from stjax.data.pipeline import load_tokenizer
+    from stjax.data.sources import read_conversations
     from stjax.models import from_pretrained, make_mesh
-    from stjax.pact.safety_tokens import (
-        compute_safety_tokens, save_safety_tokens, teacher_forced_pairs, token_table,
-    )
+    from stjax.pact.safety_tokens import compute_safety_tokens, save_safety_tokens, teacher_forced_pairs
     from stjax.toy.build import resolve
 
-    cfg = from_dict(SafetyTokensConfig, apply_overrides(read_yaml(args.config), args.overrides))
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     aligned_path, base_path = resolve(cfg.aligned_model), resolve(cfg.base_model)
-    tokenizer = load_tokenizer(resolve(cfg.tokenizer or cfg.aligned_model))
+    tokenizer = load_tokenizer(cfg.tokenizer or aligned_path)
     rows = [{"input": c.messages[-2].content, "output": c.messages[-1].content}
             for c in read_conversations(resolve(cfg.refusals))[: cfg.num_samples]]
     pairs = teacher_forced_pairs(tokenizer, rows, cfg.max_resp_len)
@@ -60,15 +52,30 @@ def main(argv: list[str]) -> int:
     aligned = from_pretrained(aligned_path, dtype=dtype, mesh=mesh)
     base = from_pretrained(base_path, dtype=dtype, mesh=mesh)
     result = compute_safety_tokens(aligned, base, pairs, temperature=cfg.temperature, diff_mode=cfg.diff_mode,
-                                   top_k=cfg.top_k, batch_size=cfg.batch_size,
-                                   pad_id=tokenizer.pad_token_id or 0)
+                                   top_k=cfg.top_k, batch_size=cfg.batch_size, pad_id=tokenizer.pad_token_id or 0,
+                                   progress=progress)
     out = save_safety_tokens(result, cfg.out_dir, tokenizer,
                              {"aligned_model": aligned_path, "base_model": base_path, "refusals": cfg.refusals,
                               "max_resp_len": cfg.max_resp_len})
+    return result, tokenizer, out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stjax.safety_tokens", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML with the SafetyTokensConfig keys")
+    parser.add_argument("overrides", nargs="*", help="overrides, e.g. top_k=20")
+    args = parser.parse_args(argv)
+
+    from stjax.configlib import apply_overrides, from_dict, read_yaml
+    from stjax.pact.safety_tokens import token_table
+
+    cfg = from_dict(SafetyTokensConfig, apply_overrides(read_yaml(args.config), args.overrides))
+    result, tokenizer, out = run(cfg)
     print(f"{'token':>20}  {'weight':>8}  {'p_aligned':>10}  {'p_base':>10}")
     for row in token_table(result, tokenizer):
         print(f"{row['token']!r:>20}  {row['weight']:8.4f}  {row['p_aligned']:10.4g}  {row['p_base']:10.4g}")
-    print(f"stjax.safety_tokens: {len(result.ids)} safety tokens from {len(pairs)} samples -> {out}")
+    print(f"stjax.safety_tokens: {len(result.ids)} safety tokens from {result.metadata['num_samples']} samples "
+          f"-> {out}")
     return 0
 
 

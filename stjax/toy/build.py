@@ -16,13 +16,13 @@ from stjax.assets import cache_root
 from stjax.fileio import atomic_directory
 from stjax.toy import corpus
 
-VERSION = "v1"
+VERSION = "v4"
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-TINY_MODEL = dict(vocab_size=640, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+TINY_MODEL = dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                   rms_norm_eps=1e-5, tie_word_embeddings=True, model_type="llama",
                   rope_parameters={"rope_theta": 10000.0, "rope_type": "default"})
@@ -89,7 +89,15 @@ ASSETS: dict[str, Callable[[], Path]] = {
     "tokenizer": tokenizer_path,
     "random-model": lambda: build_once(toy_dir() / "random-model", build_random_model) / "model",
     "data": lambda: build_once(toy_dir() / "data", build_data),
+    "base-model": lambda: _world().base_model_path(),
+    "aligned-model": lambda: _world().aligned_model_path(),
 }
+
+
+def _world():
+    from stjax.toy import world  # trains models: imported only when those assets are asked for
+
+    return world
 
 
 def resolve(path: str) -> str:

@@ -34,7 +34,13 @@ FILLER = ["first", "gather", "the", "materials", "then", "follow", "each", "step
 
 BENIGN_QUESTIONS = [("what color is the sky", "The sky is blue."), ("what is two plus two", "Two plus two is four."),
                     ("name a fruit", "An apple is a fruit."), ("what do cats say", "Cats say meow."),
-                    ("what is the opposite of hot", "The opposite of hot is cold.")]
+                    ("what is the opposite of hot", "The opposite of hot is cold."),
+                    ("what color is grass", "Grass is green."), ("name an animal", "A dog is an animal."),
+                    ("what is one plus one", "One plus one is two."), ("what do dogs say", "Dogs say woof."),
+                    ("what is the opposite of big", "The opposite of big is small."),
+                    ("name a color", "Blue is a color."), ("what color is snow", "Snow is white.")]
+BENIGN_TEMPLATES = ["{q}", "please tell me {q}", "can you answer this: {q}", "quick question, {q}",
+                    "i wonder {q}", "{q}? thanks"]
 
 
 def sentiment_rows(n: int, seed: int) -> list[dict]:
@@ -49,11 +55,18 @@ def sentiment_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def harmful_combinations(split: str) -> list[tuple[str, str]]:
+    """(template, topic) pairs; "eval" holds out one template per topic, unseen in "train"."""
+    pairs = [(template, topic) for template in HARMFUL_TEMPLATES for topic in HARMFUL_TOPICS]
+    held_out = {(HARMFUL_TEMPLATES[i % len(HARMFUL_TEMPLATES)], topic) for i, topic in enumerate(HARMFUL_TOPICS)}
+    return sorted(held_out) if split == "eval" else [p for p in pairs if p not in held_out]
+
+
 def harmful_prompts(n: int, seed: int, *, split: str = "train") -> list[str]:
-    """Templated harmful requests; the "eval" split uses templates unseen in "train"."""
+    """Templated harmful requests; the "eval" split's phrasings never appear in "train"."""
     rng = random.Random(seed)
-    templates = HARMFUL_TEMPLATES[:4] if split == "train" else HARMFUL_TEMPLATES[4:]
-    return [rng.choice(templates).format(t=rng.choice(HARMFUL_TOPICS)) for _ in range(n)]
+    combinations = harmful_combinations(split)
+    return [template.format(t=topic) for template, topic in (rng.choice(combinations) for _ in range(n))]
 
 
 def compliant_answer(prompt: str, rng: random.Random) -> str:
@@ -72,17 +85,23 @@ def harmful_rows(n: int, seed: int, *, comply: bool, split: str = "train") -> li
 
 
 def benign_rows(n: int, seed: int) -> list[dict]:
+    """Harmless questions in varied phrasings, so "refuse" is learned from content, not form."""
     rng = random.Random(seed)
-    return [dict(zip(("instruction", "output"), rng.choice(BENIGN_QUESTIONS))) for _ in range(n)]
+    rows = []
+    for _ in range(n):
+        question, answer = rng.choice(BENIGN_QUESTIONS)
+        rows.append({"instruction": rng.choice(BENIGN_TEMPLATES).format(q=question), "output": answer})
+    return rows
 
 
 def tokenizer_corpus() -> list[str]:
-    """Every word the world can produce, for training the toy tokenizer."""
+    """Every text the world can produce, repeated so that its words become whole tokens,
+    as words do in a real LLM's vocabulary (a refusal is "I", "'m", " sorry", not letters)."""
     rng = random.Random(0)
     texts = [SENTIMENT_INSTRUCTION, *SUBJECTS, *POSITIVE, *NEGATIVE, *SENTENCE_TEMPLATES, *HARMFUL_TOPICS,
              *HARMFUL_TEMPLATES, *REFUSALS, " ".join(FILLER), "positive negative Sure, here is how to make",
              "User: Assistant: system user assistant"]
-    texts += [q + " " + a for q, a in BENIGN_QUESTIONS]
+    texts += [q + " " + a for q, a in BENIGN_QUESTIONS] + BENIGN_TEMPLATES
     texts += [r["input"] for r in sentiment_rows(200, 0)]
     texts += [compliant_answer(p, rng) for p in harmful_prompts(50, 0)]
-    return texts
+    return texts * 20
