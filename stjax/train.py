@@ -10,9 +10,16 @@ from stjax.cli import run_cli
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m stjax.train", description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    parser.add_argument("--config", help="YAML training config (see configs/); without it, the embedded "
+                        "default run: PACT end to end on a toy world, offline, on CPU")
+    parser.add_argument("--run-dir", default="runs/default", help="output directory of the default run")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
+    if args.config is None:
+        from stjax.toy.default_run import main as default_run
+
+        default_run(args.run_dir)
+        return 0
 
     from stjax.training.config import load_train_config
     from stjax.training.trainer import Trainer, TrainingDiverged

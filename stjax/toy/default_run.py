@@ -76,16 +76,29 @@ def evaluate(model_path: str, limit: int = 100) -> dict:
             "examples": replies[:3]}
 
 
+def table(results: dict) -> str:
+    """The before/after table, in Markdown."""
+    names = {"aligned": "aligned (before fine-tuning)", "sft": f"SFT, {HARMFUL_RATIO:.0%} harmful rows",
+             "pact": f"PACT, {HARMFUL_RATIO:.0%} harmful rows"}
+    lines = ["| model | refusal rate, held-out harmful prompts | task accuracy (sentiment) |", "| --- | --- | --- |"]
+    lines += [f"| {names[k]} | {r['refusal_rate']:.0%} | {r['task_accuracy']:.0%} |" for k, r in results.items()]
+    return "\n".join(lines)
+
+
 def main(run_dir: str = "runs/default") -> dict:
     from stjax import safety_tokens
     from stjax.training.trainer import Trainer
 
     run_dir = Path(run_dir)
+    print("stjax default run: toy world -> safety tokens -> SFT and PACT -> evaluation")
     safety_dir = run_dir / "safety_tokens"
     safety_tokens.run(safety_tokens_config(safety_dir))
     results = {"aligned": evaluate(resolve("toy://aligned-model"))}
     for method in ("sft", "pact"):
         Trainer(finetune_config(run_dir, method, safety_dir)).run()
         results[method] = evaluate(str(run_dir / method / "model"))
-    print(json.dumps(results, indent=1))
+    (run_dir / "report.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "summary.md").write_text(table(results) + "\n")
+    print(table(results))
+    print(f"report: {run_dir / 'report.json'}")
     return results
