@@ -1,8 +1,9 @@
 """Small byte-level BPE tokenizers with ChatML and Llama-3 chat templates, for tests."""
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from stjax.toy.build import train_byte_level_bpe
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
             "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
@@ -25,13 +26,7 @@ CORPUS = [("You are a helpful assistant. Analyze the sentiment of the input, and
 
 @pytest.fixture(scope="module")
 def bpe():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    return tok
+    return train_byte_level_bpe(CORPUS, 400, SPECIALS)
 
 
 def wrap(bpe, template, eos="<|im_end|>"):

@@ -18,6 +18,8 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 24}),
 }
+# 8 query and 8 kv heads: every parameter splits 8 ways, for tensor=8 meshes
+WIDE_HEADS = ("LlamaConfig", "LlamaForCausalLM", {"num_attention_heads": 8, "num_key_value_heads": 8})
 
 
 def make_hf_model(family: str, seed: int = 0):
@@ -25,7 +27,7 @@ def make_hf_model(family: str, seed: int = 0):
     import torch
     import transformers
 
-    config_cls, model_cls, extra = FAMILIES[family]
+    config_cls, model_cls, extra = WIDE_HEADS if family == "wide_heads" else FAMILIES[family]
     config = getattr(transformers, config_cls)(**{**TINY, **extra})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).eval()

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import jax.numpy as jnp  # noqa: E402
 import transformers  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from stjax.toy.build import train_byte_level_bpe  # noqa: E402
 
 from stjax.models import from_pretrained  # noqa: E402
 from stjax.models.gguf_import import GGUFError, convert_gguf, gguf_tokenizer, load_gguf, main, read_gguf  # noqa: E402
@@ -41,12 +41,7 @@ QUANT = {"token_embd": Q.Q8_0, "attn_q": Q.Q8_0, "attn_k": Q.Q8_0, "attn_v": Q.Q
 @pytest.fixture(scope="module")
 def bpe():
     """A byte-level BPE trained here: (tokenizer, tokens by id, merges as 'a b')."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    tok = train_byte_level_bpe(CORPUS, 320, SPECIALS)
     model = json.loads(tok.to_str())["model"]
     tokens = sorted(model["vocab"], key=model["vocab"].get)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]

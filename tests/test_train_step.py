@@ -70,6 +70,15 @@ def test_sharded_step_equals_single_device(checkpoint, mesh_shape):
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
+def test_tensor_parallel_1_1_8_equals_single_device(tmp_path):
+    make_hf_model("wide_heads").save_pretrained(tmp_path)
+    ref_losses, ref_params, _ = run_steps(tmp_path, (1, 1, 1), lora=False)
+    losses, params, _ = run_steps(tmp_path, (1, 1, 8), lora=False)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
 def test_full_model_mesh_1_1_8_rejects_two_kv_heads(checkpoint):
     from stjax.models import ShardingError
 

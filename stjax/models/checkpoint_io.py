@@ -141,6 +141,12 @@ def load_into(
     return nnx.merge(graphdef, state)
 
 
+def runtime_options(dtype, compute_dtype, remat: str, attention: str) -> dict:
+    """The ModelConfig fields a loader takes from its caller rather than the checkpoint."""
+    return dict(param_dtype=jnp.dtype(dtype).name, compute_dtype=jnp.dtype(compute_dtype or dtype).name,
+                remat=remat, attention=attention)
+
+
 def from_pretrained(
     path: str | Path,
     *,
@@ -155,11 +161,7 @@ def from_pretrained(
 
     dtype is the parameter storage dtype; compute_dtype (default: dtype) the activations'.
     """
-    param_dtype = jnp.dtype(dtype).name
-    config = ModelConfig.from_pretrained(
-        path, param_dtype=param_dtype, compute_dtype=jnp.dtype(compute_dtype or dtype).name,
-        remat=remat, attention=attention,
-    )
+    config = ModelConfig.from_pretrained(path, **runtime_options(dtype, compute_dtype, remat, attention))
     reader = SafetensorsReader(path)
     return load_into(lambda: CausalLM(config, rngs=nnx.Rngs(0)), reader.get,
                      mesh=mesh, rules=rules, available=reader.names(), source=str(path))

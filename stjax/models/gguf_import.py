@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from stjax.models.checkpoint_io import CheckpointError, load_into, save_pretrained
+from stjax.models.checkpoint_io import CheckpointError, load_into, runtime_options, save_pretrained
 from stjax.models.config import ConfigError, ModelConfig
 from stjax.models.partitioning import DEFAULT_RULES, Rules
 from stjax.models.rope import inverse_frequencies
@@ -215,10 +215,7 @@ def load_gguf(
 ) -> CausalLM:
     """Loads a llama GGUF onto the mesh, dequantized to `dtype`; arguments as `from_pretrained`."""
     hf, tensors, _ = read_gguf(path)
-    config = ModelConfig.from_hf_dict(
-        hf, source=str(path), param_dtype=jnp.dtype(dtype).name,
-        compute_dtype=jnp.dtype(compute_dtype or dtype).name, remat=remat, attention=attention,
-    )
+    config = ModelConfig.from_hf_dict(hf, source=str(path), **runtime_options(dtype, compute_dtype, remat, attention))
     return load_into(lambda: CausalLM(config, rngs=nnx.Rngs(0)), tensors.__getitem__,
                      mesh=mesh, rules=rules, available=set(tensors))
 

@@ -40,16 +40,23 @@ def build_once(path: Path, builder: Callable[[Path], None]) -> Path:
     return path
 
 
-def build_tokenizer(out: Path) -> None:
+def train_byte_level_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]):
+    """A byte-level BPE `tokenizers.Tokenizer` (the Llama-3 / Qwen kind), trained on texts."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_MODEL["vocab_size"], special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus.tokenizer_corpus(), trainer)
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return tok
+
+
+def build_tokenizer(out: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_byte_level_bpe(corpus.tokenizer_corpus(), TINY_MODEL["vocab_size"], SPECIAL_TOKENS)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>",
                                    bos_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
     fast.save_pretrained(out)
