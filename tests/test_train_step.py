@@ -39,10 +39,10 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def run_steps(path, mesh_shape, *, lora, steps=2, grad_accum=1, tx=None, same_batch=False):
+def run_steps(path, mesh_shape, *, lora, steps=2, grad_accum=1, tx=None, same_batch=False, remat="none"):
     """Plain SGD by default: Adam's g/sqrt(v) would amplify float noise in tiny gradients."""
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[: int(np.prod(mesh_shape))])
-    model = from_pretrained(path, mesh=mesh)
+    model = from_pretrained(path, mesh=mesh, remat=remat)
     if lora:
         apply_lora(model, rank=4, alpha=8, targets=["q_proj", "v_proj", "up_proj"])
     graphdef, params, rest = split_model(model, LoraParam if lora else nnx.Param)
@@ -100,6 +100,15 @@ def test_lora_trains_only_adapters_and_starts_as_identity(checkpoint):
     original = nnx.state(from_pretrained(checkpoint), nnx.Param)
     for (path, var), (_, ref) in zip(nnx.to_flat_state(nnx.state(frozen.rest, nnx.Param)), nnx.to_flat_state(original)):
         np.testing.assert_array_equal(var[...], ref[...], err_msg=str(path))
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_remat_step_equals_plain_step(checkpoint, lora):
+    plain, plain_params, _ = run_steps(checkpoint, (1, 1, 1), lora=lora)
+    remat, remat_params, _ = run_steps(checkpoint, (1, 1, 1), lora=lora, remat="full")
+    np.testing.assert_allclose(remat, plain, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(remat_params), jax.tree.leaves(plain_params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_grad_accumulation_weights_tokens_like_one_big_batch(checkpoint):

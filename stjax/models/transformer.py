@@ -181,7 +181,9 @@ class CausalLM(nnx.Module):
         if config.remat == "none":
             self._layer_fn = _call_layer
         else:
-            self._layer_fn = nnx.remat(_call_layer, policy=_REMAT_POLICIES[config.remat])
+            # graph_updates=False: layers are merged from split state inside jax.grad (the train
+            # step); their variables are read, never written, under the checkpoint
+            self._layer_fn = nnx.remat(_call_layer, policy=_REMAT_POLICIES[config.remat], graph_updates=False)
 
     def hidden_states(
         self,

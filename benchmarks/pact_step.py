@@ -1,0 +1,152 @@
+"""Cost of PACT's safety-token KL over plain SFT: step time and compiled temp memory.
+
+One run, one model and batch, three train steps built as the trainer builds them
+(`build_objective` + `make_train_step` + `jit_train_step`, AdamW with clipping, 1-device
+mesh, LoRA on q/v with the trainer's default section unless `--full`):
+
+- sft: chunked cross-entropy only.
+- pact cached (`loss.ref: cached`): CE + the gated KL on K safety-token logits; the
+  reference's [B, L, K] logits (full context and response only) arrive with the batch, as
+  `CachedBatches` delivers them (computed here once with the objective's reference_fn, zero
+  outside the response). The step's extra work is one [B, L, D] x [D, K] projection, the
+  gate's two top-p sorts over K and the KL, all tiny next to the [D, V] projection of CE.
+- pact online (`loss.ref: online`): the step also runs the reference (LoRA: the same
+  weights with adapters off; `--full`: a frozen copy of the initial weights) twice, on the
+  full sequence and on the response-only sequence, without gradient.
+
+The model is a random Llama-shaped `init_model` (hidden 256, 4 layers, vocab 32000 by
+default) on a chat-like batch of 8 x 256 whose last 20% of real tokens are the response.
+Memory is XLA's compiled buffer assignment (`memory_analysis().temp_size_in_bytes`, the
+scratch beyond arguments and outputs). Time: warm-up, then rounds that run every variant
+once, each call synchronized with block_until_ready; `step s` is the median, `time x` the
+median over rounds of variant / sft within the round (robust to load from other processes).
+The row "1 ref forward" times one reference forward of the decoder stack alone (no gradient,
+no vocabulary projection): the unit of online's extra work.
+
+Targets: cached <= 1.10x sft in time and temp memory. Online adds two reference forwards
+without backward, so its time x should be about 1 + 2 x (the "1 ref forward" ratio); the last
+line reports how many forwards online - cached measures. Were a step only the decoder
+(forward + backward ~ 3 forwards) that would be (3 + 2) / 3 ~ 1.7x; it is much less here
+because CE's vocabulary projection ([D, V], run forward, recomputed and differentiated per
+chunk) makes an SFT step several forwards' worth, while the reference projects onto the K
+safety-token columns only. Online's temp memory barely grows: the reference keeps no
+activations for a backward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from _common import (
+    Runner, build_model, chat_batch, compile_step, device_batch, fresh, llama_config, memory, paired_ratio,
+    step_runner, time_interleaved,
+)
+from stjax.training.config import LossSection
+from stjax.training.objectives import build_objective
+from stjax.training.step import Frozen, make_reference
+
+
+def reference_program(graphdef, fn):
+    """jit of fn(reference, batch) on the starting weights, as `precompute_reference` runs it."""
+
+    @jax.jit
+    def run(params, rest, batch):
+        return fn(make_reference(graphdef, params, Frozen(rest, params)), batch)
+
+    return run
+
+
+def cached_refs(objective, graphdef, params, rest, batch) -> dict:
+    """The reference arrays `ref: cached` feeds: the objective's reference_fn on the starting
+    weights, kept at response positions only (as `CachedBatches` scatters them)."""
+    refs = reference_program(graphdef, objective.reference_fn)(params, rest, batch)
+    mask = batch["loss_mask"][..., None] > 0
+    return {k: jnp.where(mask, v, 0.0) for k, v in refs.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--safety-tokens", type=int, default=50, help="K, the number of safety tokens")
+    parser.add_argument("--header-len", type=int, default=4, help="assistant header tokens (Llama 3: 4)")
+    parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="params and compute")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per variant")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    t_script = time.perf_counter()
+    config = llama_config(vocab=args.vocab, hidden=args.hidden, layers=args.layers, dtype=args.dtype)
+    print(f"jax {jax.__version__} ({jax.default_backend()}); Llama-shaped model: vocab {config.vocab_size}, "
+          f"hidden {config.hidden_size}, {config.num_layers} layers, {args.dtype}, "
+          f"{'full fine-tuning' if args.full else 'LoRA q/v'}; batch {args.batch} x {args.length}, "
+          f"K = {args.safety_tokens} safety tokens")
+
+    rng = np.random.default_rng(args.seed)
+    ids = rng.choice(config.vocab_size, args.safety_tokens, replace=False).astype(np.int32)
+    weights = rng.uniform(0.1, 1.0, args.safety_tokens).astype(np.float32)
+
+    def objective(kind, ref="cached"):
+        return build_objective(LossSection(kind=kind, ref=ref), safety_ids=ids, safety_weights=weights,
+                               header_len=args.header_len)
+
+    graphdef, params, rest = build_model(config, lora=not args.full, seed=args.seed)
+    batch = device_batch(chat_batch(args.batch, args.length, config.vocab_size, seed=args.seed))
+    pact = objective("pact")
+    cached_batch = {**batch, **cached_refs(pact, graphdef, params, rest, batch)}
+    # Full fine-tuning with an online reference carries a frozen copy of the initial weights.
+    online_frozen = Frozen(rest, fresh(params) if args.full else None)
+    variants = {
+        "sft": (objective("sft").loss, None, Frozen(rest), batch),
+        "pact cached": (pact.loss, None, Frozen(rest), cached_batch),
+        "pact online": (pact.loss, objective("pact", "online").reference_fn, online_frozen, batch),
+    }
+
+    runners, mem = {}, {}
+    for name, (loss, reference_fn, frozen, step_batch) in variants.items():
+        step, state, seconds = compile_step(graphdef, fresh(params), frozen, step_batch, loss,
+                                            reference_fn=reference_fn)
+        mem[name] = memory(step)
+        runners[name] = step_runner(step, state, frozen, step_batch)
+        print(f"compiled {name} in {seconds:.1f}s")
+    # One reference forward of the decoder stack (no gradient, no vocabulary projection),
+    # the unit of online's extra work.
+    forward = reference_program(graphdef, lambda reference, b: reference.hidden(b["inputs"], b["attention_mask"]))
+    runners["1 ref forward"] = Runner(lambda: forward(params, rest, batch))
+    time_interleaved(runners, warmup=args.warmup, repeats=args.repeats)
+
+    sft, base_temp = runners["sft"], mem["sft"]["temp"]
+    print()
+    print(f"{args.repeats} interleaved rounds after {args.warmup} warm-up: step s is the median; time x is the "
+          f"median over rounds of variant / sft; temp x is variant / sft")
+    print(f"{'variant':<14}{'step s':>9}{'time x':>8}{'temp GB':>10}{'temp x':>8}{'args GB':>9}{'loss':>9}")
+    for name, run in runners.items():
+        if name in mem:
+            m = mem[name]
+            print(f"{name:<14}{run.median:>9.3f}{paired_ratio(run, sft):>8.2f}{m['temp']:>10.4f}"
+                  f"{m['temp'] / base_temp:>8.2f}{m['args']:>9.4f}{float(run.result['loss']):>9.4f}")
+        else:
+            print(f"{name:<14}{run.median:>9.3f}{paired_ratio(run, sft):>8.2f}")
+    cached_ok = paired_ratio(runners["pact cached"], sft) <= 1.10 and mem["pact cached"]["temp"] / base_temp <= 1.10
+    print(f"cached within 1.10x of sft in time and temp memory: {'yes' if cached_ok else 'NO'}")
+    online, cached, forward = runners["pact online"], runners["pact cached"], runners["1 ref forward"]
+    extra = statistics.median((o - c) / f for o, c, f in zip(online.times, cached.times, forward.times))
+    print(f"online - cached = {extra:.1f} reference forwards (median over rounds); online runs 2, on the full "
+          f"and the response-only sequence")
+    print("raw step seconds: " + "; ".join(f"{k} " + " ".join(f"{t:.3f}" for t in r.times) for k, r in runners.items()))
+    print(f"total script time: {time.perf_counter() - t_script:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
