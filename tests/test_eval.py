@@ -258,8 +258,11 @@ def adapter_run(tmp_path_factory):
     """A PEFT adapter (non-zero B on every target) inside a training-run directory."""
     model = from_pretrained(resolve("toy://random-model"))
     apply_lora(model, rank=4, alpha=8.0, targets=TARGETS)
-    rng = np.random.default_rng(7)  # host-side noise: no program to compile per matrix shape
-    noisy = lambda x: jnp.asarray(np.asarray(x) + 0.05 * rng.standard_normal(x.shape), x.dtype)  # noqa: E731
+    rng = np.random.default_rng(7)
+
+    def noisy(x):  # host-side noise: no program to compile per matrix shape
+        return jnp.asarray(np.asarray(x) + 0.05 * rng.standard_normal(x.shape), x.dtype)
+
     nnx.update(model, jax.tree.map(noisy, nnx.state(model, LoraParam)))
     run_dir = tmp_path_factory.mktemp("pact_run")
     save_peft_adapter(model, run_dir / "adapter", rank=4, alpha=8.0, dropout=0.05)

@@ -2,7 +2,8 @@
 
 `python -m stjax.eval` runs benchmarks through cached batched generation, judges the
 safety answers (refusal keywords, Llama Guard) and scores the task answers;
-`python -m stjax.report` compares runs in a table and plots. The pieces are usable alone:
+`python -m stjax.report` compares runs in a table and plots. The pieces below are usable
+on their own (judges, scorers, adapter loading, token probabilities).
 """
 
 from stjax.evaluation.adapter import load_peft_adapter
