@@ -28,7 +28,8 @@ import importlib.util
 import json
 import os
 import signal
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -258,6 +259,21 @@ def check_batch_split(mesh, batch_size: int, grad_accum: int = 1, *, process_cou
 
 
 # ------------------------------------------------------------------ stopping together
+def host_array(value) -> np.ndarray:
+    """The whole of a (possibly multi-host sharded) jax.Array as one numpy array.
+
+    Shards held by other processes are gathered (a collective: every process must call
+    it, in the same order), so process 0 can write exports of sharded weights.
+    """
+    import jax
+
+    if not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        value = multihost_utils.process_allgather(value, tiled=True)
+    return np.asarray(jax.device_get(value))
+
+
 class StopAgreement:
     """All processes stop at the same step boundary, even when only some received SIGTERM.
 

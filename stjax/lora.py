@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from stjax.distributed import host_array
 from stjax.fileio import atomic_directory
 from stjax.models.checkpoint_io import hf_name
 from stjax.models.transformer import CausalLM, Projection
@@ -131,8 +132,7 @@ def save_peft_adapter(model: CausalLM, out_dir: str | Path, *, base_model: str =
     tensors, targets = {}, set()
     for path, projection in adapted_projections(model):
         name = hf_name((*path, "weight"))[: -len(".weight")]
-        a = np.asarray(jax.device_get(projection.lora.a[...]))
-        b = np.asarray(jax.device_get(projection.lora.b[...]))
+        a, b = host_array(projection.lora.a[...]), host_array(projection.lora.b[...])
         if dtype is not None:
             a, b = a.astype(dtype), b.astype(dtype)
         # PEFT stores torch Linear layouts: lora_A [r, in], lora_B [out, r].

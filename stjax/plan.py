@@ -271,7 +271,7 @@ def estimate(config, topology: Topology, model_config, *, seq_len: float | None 
     mesh, errors = _resolve_mesh(config.mesh, topology.chips)
     notes: list[str] = []
     lora = config.lora
-    graphdef, trained, rest = abstract_model(model_config, lora)
+    _, trained, rest = abstract_model(model_config, lora)
     trained_bytes, n_trained, layers_trained, e1 = _param_bytes(trained, mesh)
     rest_bytes, n_rest, layers_rest, e2 = _param_bytes(rest, mesh)
     layer_gather = max((layers_trained.get(i, 0) + layers_rest.get(i, 0) for i in layers_rest | layers_trained),
@@ -434,7 +434,7 @@ def suggestions(config, topology, model_config, base: Estimate, **kwargs) -> lis
             results.append((text, estimate(changed, topology, model_config.replace(remat=changed.model.remat,
                                                                                       param_dtype=changed.model.dtype),
                                            **kwargs)))
-        except Exception:  # noqa: BLE001 - a knob that does not apply is simply not offered
+        except (ConfigKeyError, ValueError):  # a knob that does not apply is simply not offered
             continue
     return results
 
@@ -458,7 +458,13 @@ def compiled_memory(config, model_config, devices, *, safety_tokens: int = 50) -
     from stjax.models.partitioning import MESH_AXES
     from stjax.training.objectives import build_objective
     from stjax.training.optimizer import make_optimizer, make_schedule
-    from stjax.training.step import Frozen, TrainState, jit_train_step, make_train_step, state_sharding
+    from stjax.training.step import (
+        Frozen,
+        TrainState,
+        jit_train_step,
+        make_train_step,
+        state_sharding,
+    )
 
     mesh_sizes, errors = _resolve_mesh(config.mesh, len(devices))
     if errors:
@@ -559,14 +565,14 @@ def report(config, est: Estimate, source: str, knobs: list[tuple[str, Estimate]]
     t = est.topology
     m = est.mesh
     lines = [
-        f"plan: {config.model.path} ({source}) on {t.name}: {t.chips} x {t.chip.family} chips, "
-        f"{t.chip.hbm_gib:g} GiB HBM and {t.chip.peak_tflops:g} bf16 TFLOP/s each",
-        f"  mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}; "
-        f"batch {config.train.batch_size} (grad_accum {config.train.grad_accum}, "
-        f"{_rows(config, m):g} rows/chip/micro-batch) x max_len {config.data.max_len}; dtype {config.model.dtype}; "
-        f"remat {config.model.remat}; loss {config.loss.kind}"
-        + (f" (ref {config.loss.ref})" if config.loss.kind != "sft" else "")
-        + (f"; LoRA r={config.lora.rank} on {'/'.join(config.lora.targets)}" if config.lora.enabled else "; full FT"),
+        (f"plan: {config.model.path} ({source}) on {t.name}: {t.chips} x {t.chip.family} chips, "
+         f"{t.chip.hbm_gib:g} GiB HBM and {t.chip.peak_tflops:g} bf16 TFLOP/s each"),
+        (f"  mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}; "
+         f"batch {config.train.batch_size} (grad_accum {config.train.grad_accum}, "
+         f"{_rows(config, m):g} rows/chip/micro-batch) x max_len {config.data.max_len}; dtype {config.model.dtype}; "
+         f"remat {config.model.remat}; loss {config.loss.kind}"
+         + (f" (ref {config.loss.ref})" if config.loss.kind != "sft" else "")
+         + (f"; LoRA r={config.lora.rank} on {'/'.join(config.lora.targets)}" if config.lora.enabled else "; full FT")),
         f"  parameters {est.params_total / 1e9:.3f} B, trained {est.params_trained / 1e6:.2f} M",
         "",
         "memory per chip (estimate)",
@@ -648,7 +654,7 @@ def main(argv: list[str]) -> int:
         seq_len = estimate_seq_len(config)
         seq_source = "the data (characters / 4 + 40 template tokens, bucketed)" if seq_len else None
     examples = args.examples if args.examples is not None else count_examples(config)
-    kwargs = dict(seq_len=seq_len, examples=examples, mfu=args.mfu, safety_tokens=args.safety_tokens)
+    kwargs = {"seq_len": seq_len, "examples": examples, "mfu": args.mfu, "safety_tokens": args.safety_tokens}
     est = estimate(config, topology, model_config, **kwargs)
     if seq_source:
         est.seq_len_source = seq_source

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from trainer_fixtures import make_config
 
 from stjax import plan
 from stjax.configlib import ConfigKeyError, from_dict, read_yaml
 from stjax.models.config import ModelConfig
 from stjax.training.config import load_train_config
-from trainer_fixtures import make_config
 
 ROOT = Path(__file__).parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "pact-reference"

@@ -58,7 +58,7 @@ def _env(tmp_path, template=FAIL_GCLOUD, **extra) -> dict:
 
 
 def run(tmp_path, script, *args, env=None, check=True, timeout=60, **extra):
-    result = subprocess.run(["bash", str(ROOT / "tpu_scripts" / f"{script}.sh"), *args], cwd=ROOT,
+    result = subprocess.run(["bash", str(ROOT / "tpu_scripts" / f"{script}.sh"), *args], check=False, cwd=ROOT,
                             env=env or _env(tmp_path, **extra), capture_output=True, text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, result.stderr + result.stdout
@@ -95,7 +95,8 @@ def test_bash_syntax_and_strict_mode(script):
 def test_shellcheck_clean():
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    result = subprocess.run(["shellcheck", *map(str, SCRIPTS)], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(["shellcheck", *map(str, SCRIPTS)], check=False, cwd=ROOT, capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -111,8 +112,8 @@ def test_help_documents_the_script(tmp_path, script):
 def test_create_spot_tpu_vm(tmp_path):
     result = run(tmp_path, "create", "--dry-run", TPU_TYPE="v5e-8", SPOT="1", TPU_NAME="t1", PROJECT="p")
     assert gcloud_commands(result.stdout) == [
-        "gcloud compute tpus tpu-vm create t1 --zone=us-west4-a --accelerator-type=v5litepod-8 "
-        "--version=v2-alpha-tpuv5-lite --spot --project=p"]
+        ("gcloud compute tpus tpu-vm create t1 --zone=us-west4-a --accelerator-type=v5litepod-8 "
+         "--version=v2-alpha-tpuv5-lite --spot --project=p")]
 
 
 @pytest.mark.parametrize("tpu_type,accelerator,zone,runtime", [
@@ -123,8 +124,8 @@ def test_create_spot_tpu_vm(tmp_path):
 def test_create_queued_resource_per_family(tmp_path, tpu_type, accelerator, zone, runtime):
     result = run(tmp_path, "create", "--dry-run", TPU_TYPE=tpu_type, QUEUED="1", SPOT="1")
     assert gcloud_commands(result.stdout) == [
-        f"gcloud compute tpus queued-resources create stjax-tpu-qr --zone={zone} --node-id=stjax-tpu "
-        f"--accelerator-type={accelerator} --runtime-version={runtime} --spot"]
+        (f"gcloud compute tpus queued-resources create stjax-tpu-qr --zone={zone} --node-id=stjax-tpu "
+         f"--accelerator-type={accelerator} --runtime-version={runtime} --spot")]
 
 
 def test_create_rejects_unknown_family_and_preemptible_queued(tmp_path):
@@ -180,8 +181,8 @@ def test_stop_and_collect(tmp_path):
     collect = gcloud_commands(run(tmp_path, "logs", "--dry-run", "--collect", "out", "myrun").stdout)
     assert collect == [
         "gcloud compute tpus tpu-vm scp --recurse stjax-tpu:stjax-work/stjax/runs/myrun out/ --zone=us-west4-a --worker=0",
-        "gcloud compute tpus tpu-vm scp 'stjax-tpu:stjax-work/stjax/logs/myrun.*.log' out/logs/ --zone=us-west4-a "
-        "--worker=all"]
+        ("gcloud compute tpus tpu-vm scp 'stjax-tpu:stjax-work/stjax/logs/myrun.*.log' out/logs/ --zone=us-west4-a "
+         "--worker=all")]
 
 
 def test_relaunch_needs_a_gcs_checkpoint_dir(tmp_path):

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from stjax.distributed import host_array
 from stjax.fileio import atomic_directory
 from stjax.models.config import ModelConfig
 from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding
@@ -171,12 +172,7 @@ def from_pretrained(
 def hf_tensors(model: CausalLM, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
     """(checkpoint name, host array in HF layout), one parameter at a time."""
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        value = var.get_value()
-        if not value.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
-            value = multihost_utils.process_allgather(value, tiled=True)
-        array = np.asarray(jax.device_get(value))
+        array = host_array(var.get_value())
         if dtype is not None:
             array = array.astype(np.dtype(dtype))
         yield hf_name(path), np.ascontiguousarray(to_hf_layout(path, array))

@@ -12,10 +12,10 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from stjax.data.batching import BatchIterator
 from stjax.data.tokenize import TokenizedExample
+from stjax.distributed import host_array
 from stjax.training.step import Frozen, ReferenceFn, make_reference
 
 
@@ -32,8 +32,10 @@ def precompute_reference(
 
     reference_frozen = Frozen(frozen.rest, params)
 
+    # Weights are arguments, not closed over: a closed-over array sharded across hosts
+    # becomes a constant that no single process can materialize.
     @jax.jit
-    def compute(batch):
+    def compute(params, reference_frozen, batch):
         return reference_fn(make_reference(graphdef, params, reference_frozen), batch)
 
     batches = BatchIterator(examples, batch_size, max_len, buckets=buckets, shuffle=False)
@@ -41,7 +43,7 @@ def precompute_reference(
     for _ in tqdm(range(batches.batches_per_epoch), desc="reference cache", unit="batch", disable=not progress):
         host = next(batches)
         device = put_batch(host)
-        out = compute(device)
+        out = compute(params, reference_frozen, device)
         width = host["inputs"].shape[1]
         out = {k: v for k, v in out.items() if v.ndim >= 2 and v.shape[1] == width}
         rows = _global(out | {"example_index": device["example_index"], "loss_mask": device["loss_mask"]})
@@ -54,9 +56,7 @@ def precompute_reference(
 
 def _global(arrays: dict) -> dict[str, np.ndarray]:
     """All rows of batch-sharded arrays on this host (a gather across hosts when needed)."""
-    if jax.process_count() == 1:
-        return {k: np.asarray(jax.device_get(v)) for k, v in arrays.items()}
-    return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(arrays, tiled=True).items()}
+    return {k: host_array(v) for k, v in arrays.items()}
 
 
 class CachedBatches:

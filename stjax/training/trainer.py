@@ -22,6 +22,7 @@ from stjax.training.config import TrainConfig
 from stjax.training.metrics_log import MetricsLog
 from stjax.training.objectives import Objective, build_objective
 from stjax.training.optimizer import make_optimizer, make_schedule
+from stjax.distributed import StopAgreement
 from stjax.training.preemption import StopRequest
 from stjax.training.reference_cache import CachedBatches, precompute_reference
 from stjax.training.step import (
@@ -165,6 +166,7 @@ class Trainer:
 
         try:
             with StopRequest() as stop:
+                agreement = StopAgreement()  # every process stops at the same step
                 while step < self.total_steps:
                     batch = self.device_batch(next(batches))
                     self.state, metrics = self.step_fn(self.state, self.frozen, batch)
@@ -172,13 +174,13 @@ class Trainer:
                     if pending is not None:  # read the previous step while this one runs
                         settle(pending)
                     pending = (step, metrics)
-                    if step % every == 0 or step == self.total_steps or stop.requested:
+                    stopped_by = agreement.poll(stop.signal_name)
+                    if step % every == 0 or step == self.total_steps or stopped_by:
                         settle(pending)
                         pending = None
                         self.checkpointer.save(step, self.state, self.data.batches.get_state())
                         last_saved = step
-                    if stop.requested:
-                        stopped_by = stop.signal_name
+                    if stopped_by:
                         break
                 if pending is not None:
                     settle(pending)
