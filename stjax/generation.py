@@ -139,6 +139,14 @@ def generate(
     return Generation(tokens_out, finished)
 
 
+def chat_prompt_ids(tokenizer, messages: Sequence[dict], system_prompt: str | None = None) -> list[int]:
+    """A conversation through the chat template, ending in the assistant's generation prompt."""
+    if system_prompt is not None:
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
+
+
 def generate_chat(
     model: CausalLM,
     tokenizer,
@@ -148,12 +156,7 @@ def generate_chat(
     **kwargs,
 ) -> list[str]:
     """Generates replies to chat conversations through the tokenizer's chat template."""
-    prompts = []
-    for messages in conversations:
-        if system_prompt is not None:
-            messages = [{"role": "system", "content": system_prompt}, *messages]
-        prompts.append(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                                     return_dict=False))
+    prompts = [chat_prompt_ids(tokenizer, messages, system_prompt) for messages in conversations]
     stop_ids = kwargs.pop("stop_ids", None) or default_stop_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = generate(model, prompts, stop_ids=stop_ids, pad_id=pad_id, **kwargs)

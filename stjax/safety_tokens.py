@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Literal
 
-from stjax.cli import run_cli
+from stjax.cli import add_distributed_flags, run_cli, start_distributed
 from stjax.training.config import MeshSection
 
 
@@ -34,6 +35,7 @@ class SafetyTokensConfig:
 
 def run(cfg: SafetyTokensConfig, *, progress: bool = True):
     """Computes and saves the safety tokens; returns (SafetyTokens, tokenizer, output dir)."""
+    import jax
     import jax.numpy as jnp
 
     from stjax.data.pipeline import load_tokenizer
@@ -54,9 +56,10 @@ def run(cfg: SafetyTokensConfig, *, progress: bool = True):
     result = compute_safety_tokens(aligned, base, pairs, temperature=cfg.temperature, diff_mode=cfg.diff_mode,
                                    top_k=cfg.top_k, batch_size=cfg.batch_size, pad_id=tokenizer.pad_token_id or 0,
                                    progress=progress)
-    out = save_safety_tokens(result, cfg.out_dir, tokenizer,
-                             {"aligned_model": aligned_path, "base_model": base_path, "refusals": cfg.refusals,
-                              "max_resp_len": cfg.max_resp_len})
+    out = Path(cfg.out_dir)
+    if jax.process_index() == 0:  # every process holds the same result; one writes it
+        save_safety_tokens(result, out, tokenizer, {"aligned_model": aligned_path, "base_model": base_path,
+                                                    "refusals": cfg.refusals, "max_resp_len": cfg.max_resp_len})
     return result, tokenizer, out
 
 
@@ -64,13 +67,21 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m stjax.safety_tokens", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML with the SafetyTokensConfig keys")
     parser.add_argument("overrides", nargs="*", help="overrides, e.g. top_k=20")
+    add_distributed_flags(parser)
     args = parser.parse_args(argv)
 
+    import jax
+
     from stjax.configlib import apply_overrides, from_dict, read_yaml
+    from stjax.distributed import check_same_config
     from stjax.pact.safety_tokens import token_table
 
     cfg = from_dict(SafetyTokensConfig, apply_overrides(read_yaml(args.config), args.overrides))
-    result, tokenizer, out = run(cfg)
+    start_distributed(args)
+    check_same_config(cfg)  # every process computes the same tokens; process 0 writes them
+    result, tokenizer, out = run(cfg, progress=jax.process_index() == 0)
+    if jax.process_index() != 0:
+        return 0
     print(f"{'token':>20}  {'weight':>8}  {'p_aligned':>10}  {'p_base':>10}")
     for row in token_table(result, tokenizer):
         print(f"{row['token']!r:>20}  {row['weight']:8.4f}  {row['p_aligned']:10.4g}  {row['p_base']:10.4g}")

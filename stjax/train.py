@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stjax.cli import run_cli
+from stjax.cli import add_distributed_flags, run_cli, start_distributed
 
 
 def main(argv: list[str]) -> int:
@@ -14,12 +14,7 @@ def main(argv: list[str]) -> int:
                         "default run: PACT end to end on a toy world, offline, on CPU")
     parser.add_argument("--run-dir", default="runs/default", help="output directory of the default run")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_steps=10")
-    multi = parser.add_argument_group(
-        "multi-process runs", "TPU VM pods are detected; elsewhere give all three (or STJAX_COORDINATOR, "
-        "STJAX_NUM_PROCESSES, STJAX_PROCESS_ID) and run the same command on every host")
-    multi.add_argument("--coordinator", help="HOST:PORT of process 0")
-    multi.add_argument("--num-processes", type=int, help="number of processes (hosts)")
-    multi.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
+    add_distributed_flags(parser)
     args = parser.parse_args(argv)
     if args.config is None:
         from stjax.toy.default_run import main as default_run
@@ -31,7 +26,7 @@ def main(argv: list[str]) -> int:
     from stjax.training.config import load_train_config
 
     config = load_train_config(args.config, args.overrides)
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    start_distributed(args)
     distributed.check_run(config)  # every process runs the same config on a mesh that fits them
 
     from stjax.training.trainer import Trainer, TrainingDiverged

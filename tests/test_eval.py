@@ -22,8 +22,7 @@ from stjax.evaluation import (
 )
 from stjax.evaluation.benchmarks import Item, load_items, local_items
 from stjax.evaluation.generation_cache import GenerationCache, cached_generate
-from stjax.evaluation.safety_mass import chat_prompt_ids
-from stjax.generation import default_stop_ids, generate
+from stjax.generation import chat_prompt_ids, default_stop_ids, generate
 from stjax.lora import TARGETS, LoraParam, apply_lora, save_peft_adapter
 from stjax.models import CheckpointError, ModelConfig, from_pretrained, init_model, save_pretrained
 from stjax.pact.safety_tokens import SafetyTokens, save_safety_tokens
@@ -199,7 +198,7 @@ def test_safety_mass_by_position_teacher_forces_responses(toy):
                                    vocab_chunk=100)
     assert mass.shape == (2, 6)
     for row, (prompt, response) in enumerate(zip(prompts, responses)):
-        prompt_ids = chat_prompt_ids(tokenizer, prompt)
+        prompt_ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][:6]
         probs = softmax(full_logits(model, prompt_ids + response_ids))
         want = [probs[len(prompt_ids) - 1 + t, ids].sum() for t in range(len(response_ids))]

@@ -1,6 +1,5 @@
 """Generation: greedy parity with transformers, stopping, sampling, buckets, sharding."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -3,7 +3,7 @@
 One pair of worker processes (this file run as a script) joins a local coordinator through
 `python -m stjax.train --coordinator ... --num-processes 2 --process-id I` and runs, in one
 session: a config that differs between the processes (must fail on both, with one line),
-SFT, PACT with a cached reference (LoRA) and PACT with an online reference (full
+`python -m stjax.safety_tokens` with its mesh spread over both processes, SFT, PACT with a cached reference (LoRA) and PACT with an online reference (full
 fine-tuning), and a SIGTERM sent to process 1 only.
 Each process runs in its own working directory with the same relative run_dir, so
 anything process 1 writes would show up in its directory; checkpoints go to one shared
@@ -41,7 +41,7 @@ def _worker(plan_file: str) -> int:
     plan = json.loads(Path(plan_file).read_text())
     pid = int(os.environ["STJAX_TEST_PROCESS"])
     os.chdir(plan["cwd"][pid])
-    from stjax import train
+    from stjax import safety_tokens, train
     from stjax.cli import run_cli
     from stjax.data.batching import BatchIterator
 
@@ -61,7 +61,8 @@ def _worker(plan_file: str) -> int:
             BatchIterator.__next__ = next_with_signal
         print(f"=== job {job['name']}\nstarted at {time.monotonic() - START:.1f} s", file=sys.stderr, flush=True)
         try:
-            codes[job["name"]] = run_cli("stjax.train", train.main, [*flags, "--config", job["config"], *overrides])
+            program = safety_tokens if job.get("program") == "safety_tokens" else train
+            codes[job["name"]] = run_cli(program.__name__, program.main, [*flags, "--config", job["config"], *overrides])
         finally:
             BatchIterator.__next__ = original_next
         sys.stdout.flush()
@@ -76,7 +77,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
 
 
 # ------------------------------------------------------------------------ test side
-from trainer_fixtures import BASE, make_config
+from trainer_fixtures import BASE, make_config, make_safety_tokens
 
 from stjax.toy.build import resolve
 from stjax.training.metrics_log import read_metrics
@@ -119,26 +120,34 @@ def _jobs(root: Path, safety: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def safety_dir(tmp_path_factory):
-    from transformers import AutoTokenizer
+    return make_safety_tokens(tmp_path_factory.mktemp("safety") / "st")
 
-    from stjax.models import from_pretrained, init_model
-    from stjax.pact.safety_tokens import (
-        compute_safety_tokens,
-        save_safety_tokens,
-        teacher_forced_pairs,
-    )
+
+def _safety_tokens_config(root: Path) -> Path:
+    """python -m stjax.safety_tokens on the toy random model vs a reseeded copy, its mesh
+    spread over both processes; out_dir is relative (only process 0 may write it)."""
+    from stjax.models import from_pretrained, init_model, save_pretrained
     from stjax.toy import corpus
 
-    path = resolve("toy://random-model")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    aligned = from_pretrained(path)
-    base = init_model(aligned.config, seed=5)
-    rows = [{"input": p, "output": r} for p, r in zip(corpus.harmful_prompts(6, 0), corpus.REFUSALS * 2)]
-    result = compute_safety_tokens(aligned, base, teacher_forced_pairs(tokenizer, rows, 16), top_k=16,
-                                   progress=False)
-    out = tmp_path_factory.mktemp("safety") / "st"
-    save_safety_tokens(result, out, tokenizer, {})
-    return out
+    aligned = resolve("toy://random-model")
+    save_pretrained(init_model(from_pretrained(aligned).config, seed=5), root / "base")
+    rows = [{"input": p, "output": r} for p, r in zip(corpus.harmful_prompts(12, 0), corpus.REFUSALS * 4)]
+    (root / "refusals.json").write_text(json.dumps(rows))
+    config = {"aligned_model": str(aligned), "base_model": str(root / "base"), "tokenizer": str(aligned),
+              "refusals": str(root / "refusals.json"), "out_dir": "runs/safety_tokens", "top_k": 16,
+              "batch_size": 4, "dtype": "float32", "mesh": {"data": 1, "fsdp": 4, "tensor": 2}}
+    (root / "safety_tokens.yaml").write_text(yaml.safe_dump(config))
+    return root / "safety_tokens.yaml"
+
+
+def _reference_safety_tokens(config_file: Path, out_dir: Path) -> Path:
+    from stjax import safety_tokens
+    from stjax.configlib import from_dict
+
+    config = yaml.safe_load(config_file.read_text())
+    safety_tokens.run(from_dict(safety_tokens.SafetyTokensConfig, {**config, "out_dir": str(out_dir)}),
+                      progress=False)
+    return out_dir
 
 
 @pytest.fixture(scope="module")
@@ -153,12 +162,14 @@ def session(tmp_path_factory, safety_dir):
     for job in jobs:
         job["config"] = str(root / f"{job['name']}.yaml")
         Path(job["config"]).write_text(yaml.safe_dump(job["sections"]))
+    safety_config = _safety_tokens_config(root)
     mismatch = {"name": "mismatch", "config": jobs[0]["config"], "overrides_by_process": {"1": ["train.seed=1"]}}
     plan = {
         "coordinator": f"localhost:{_free_port()}",
         "cwd": [str(root / "p0"), str(root / "p1")],
         "results": [str(root / "codes0.json"), str(root / "codes1.json")],
-        "jobs": [mismatch] + [{k: v for k, v in j.items() if k != "sections"} for j in jobs],
+        "jobs": [mismatch, {"name": "safety_tokens", "program": "safety_tokens", "config": str(safety_config)}]
+        + [{k: v for k, v in j.items() if k != "sections"} for j in jobs],
     }
     for job in plan["jobs"]:
         if job["name"] == "sigterm":
@@ -178,7 +189,7 @@ def session(tmp_path_factory, safety_dir):
             start_new_session=True))
     deadline = time.monotonic() + TIMEOUT_S
     try:
-        references = {}
+        references = {"safety_tokens": _reference_safety_tokens(safety_config, root / "reference" / "safety_tokens")}
         for job in jobs:  # 1 process x 8 devices, meanwhile
             if job["name"] == "sigterm":
                 continue
@@ -236,6 +247,16 @@ def check_two_processes_match_one_process(session, name):
     for m, s in zip(multi, single):
         np.testing.assert_allclose([m[k] for k in keys], [s[k] for k in keys], rtol=RTOL, atol=1e-7,
                                    err_msg=f"{name} step {m['step']}")
+
+
+def check_safety_tokens_match_one_process(session):
+    from safetensors.numpy import load_file
+
+    _check_finished(session, "safety_tokens")
+    multi = load_file(session["root"] / "p0" / "runs" / "safety_tokens" / "safety_tokens.safetensors")
+    single = load_file(session["references"]["safety_tokens"] / "safety_tokens.safetensors")
+    np.testing.assert_array_equal(multi["ids"], single["ids"])
+    np.testing.assert_allclose(multi["v"], single["v"], rtol=RTOL, atol=1e-6)
 
 
 def check_only_process_0_writes_logs_metrics_and_exports(session):
@@ -299,8 +320,9 @@ def check_sigterm_on_one_process_stops_every_process_at_the_same_step(session):
 def test_two_processes_x_4_devices(session):
     """One test over the whole worker session (so pytest-xdist runs the session once): the
     config mismatch, the three trainings against their 1-process references, who wrote what,
-    the exports, the shared checkpoint, and SIGTERM on one process."""
+    the safety tokens, the exports, the shared checkpoint, and SIGTERM on one process."""
     check_config_mismatch_fails_clearly_on_every_process(session)
+    check_safety_tokens_match_one_process(session)
     for name in ("sft", "pact_cached", "pact_online_full"):
         check_two_processes_match_one_process(session, name)
     check_only_process_0_writes_logs_metrics_and_exports(session)

@@ -7,14 +7,11 @@ import pytest
 from chat_tokenizers import bpe, chatml, llama3  # noqa: F401 (fixtures)
 from stjax.data import Conversation, assistant_header_ids, tokenize_conversations
 from stjax.data.batching import BatchIterator
-from stjax.models import from_pretrained, init_model
 from stjax.pact.reference import response_start_shift, shift_rows, unshift_rows
-from stjax.pact.safety_tokens import SafetyTokenError, compute_safety_tokens, save_safety_tokens, teacher_forced_pairs
-from stjax.toy import corpus
-from stjax.toy.build import resolve
+from stjax.pact.safety_tokens import SafetyTokenError
 from stjax.training.metrics_log import read_metrics
 from stjax.training.trainer import Trainer
-from trainer_fixtures import make_config
+from trainer_fixtures import make_config, make_safety_tokens
 
 
 @pytest.mark.parametrize("template", ["chatml", "llama3"])
@@ -42,18 +39,7 @@ def test_response_only_sequence_is_header_plus_response(request, template):
 
 @pytest.fixture(scope="module")
 def safety_dir(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    path = resolve("toy://random-model")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    aligned = from_pretrained(path)
-    base = init_model(aligned.config, seed=5)
-    rows = [{"input": p, "output": r} for p, r in zip(corpus.harmful_prompts(6, 0), corpus.REFUSALS * 2)]
-    result = compute_safety_tokens(aligned, base, teacher_forced_pairs(tokenizer, rows, 16), top_k=16,
-                                   progress=False)
-    out = tmp_path_factory.mktemp("safety") / "st"
-    save_safety_tokens(result, out, tokenizer, {})
-    return out
+    return make_safety_tokens(tmp_path_factory.mktemp("safety") / "st")
 
 
 def first_losses(run_dir, **loss):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from stjax.configlib import from_dict
 from stjax.training.config import TrainConfig, validate
@@ -19,6 +20,25 @@ BASE = {
     "checkpoint": {"every_steps": 3, "async_save": False},
     "logging": {"progress": False, "tensorboard": False},
 }
+
+
+def make_safety_tokens(out_dir: Path) -> Path:
+    """Safety tokens of the toy random model against a differently seeded copy (its "base")."""
+    from transformers import AutoTokenizer
+
+    from stjax.models import from_pretrained, init_model
+    from stjax.pact.safety_tokens import compute_safety_tokens, save_safety_tokens, teacher_forced_pairs
+    from stjax.toy import corpus
+    from stjax.toy.build import resolve
+
+    path = resolve("toy://random-model")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    aligned = from_pretrained(path)
+    base = init_model(aligned.config, seed=5)
+    rows = [{"input": p, "output": r} for p, r in zip(corpus.harmful_prompts(6, 0), corpus.REFUSALS * 2)]
+    result = compute_safety_tokens(aligned, base, teacher_forced_pairs(tokenizer, rows, 16), top_k=16,
+                                   progress=False)
+    return save_safety_tokens(result, out_dir, tokenizer, {})
 
 
 def make_config(run_dir, **sections) -> TrainConfig:

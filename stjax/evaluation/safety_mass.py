@@ -12,17 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from stjax.evaluation.token_mass import response_token_mass
-from stjax.generation import default_stop_ids, generate
+from stjax.generation import chat_prompt_ids, default_stop_ids, generate
 from stjax.models.transformer import CausalLM
-
-
-def chat_prompt_ids(tokenizer, prompt: str, system_prompt: str | None = None) -> list[int]:
-    """A user turn through the chat template, ending in the assistant's generation prompt."""
-    messages = [{"role": "user", "content": prompt}]
-    if system_prompt is not None:
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=False))
 
 
 def safety_mass_by_position(
@@ -43,7 +34,7 @@ def safety_mass_by_position(
     The responses are teacher-forced: the given ones, or (None) the model's own greedy
     continuations of `positions` tokens. NaN marks positions past a response's end.
     """
-    prompt_ids = [chat_prompt_ids(tokenizer, p, system_prompt) for p in prompts]
+    prompt_ids = [chat_prompt_ids(tokenizer, [{"role": "user", "content": p}], system_prompt) for p in prompts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if responses is None:
         response_ids = []

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from stjax.models.transformer import CausalLM
-from stjax.pact.safety_tokens import _pack
+from stjax.pact.safety_tokens import pack_teacher_forced
 
 
 def token_mass(model: CausalLM, hidden: jax.Array, ids: jax.Array, vocab_chunk: int = 8192) -> jax.Array:
@@ -62,7 +62,7 @@ def response_token_mass(
     for start in range(0, len(prompts), batch_size):
         chunk_prompts = [list(p) for p in prompts[start:start + batch_size]]
         chunk_responses = [list(r)[:positions] for r in responses[start:start + batch_size]]
-        tokens, mask, gather, valid = _pack(chunk_prompts, chunk_responses, batch_size, positions, pad_id)
+        tokens, mask, gather, valid = pack_teacher_forced(chunk_prompts, chunk_responses, batch_size, positions, pad_id)
         mass = np.asarray(_batch_mass(graphdef, state, tokens, mask, gather, ids, vocab_chunk=vocab_chunk))
         rows = len(chunk_prompts)
         out[start:start + rows] = np.where(valid[:rows], mass[:rows], np.nan)

@@ -7,7 +7,8 @@ from stjax.models.partitioning import DEFAULT_RULES, ShardingError, make_mesh, s
 from stjax.models.transformer import CausalLM, KVCache, count_params, init_model
 
 __all__ = [
-    "CausalLM", "CheckpointError", "ConfigError", "DEFAULT_RULES", "KVCache", "ModelConfig",
-    "ShardingError", "count_params", "from_pretrained", "init_model", "make_mesh",
+    "CausalLM", "CheckpointError", "ConfigError", "DEFAULT_RULES", "GGUFError", "KVCache", "ModelConfig",
+    "ShardingError", "convert_gguf", "count_params", "from_pretrained", "gguf_tokenizer", "init_model",
+    "load_gguf", "make_mesh",
     "save_pretrained", "shard_like_rules",
 ]

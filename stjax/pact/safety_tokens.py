@@ -76,7 +76,7 @@ def teacher_forced_pairs(tokenizer, rows: Sequence[dict], max_resp_len: int) -> 
     return pairs
 
 
-def _pack(prompts: list[list[int]], responses: list[list[int]], rows: int, resp_len: int, pad_id: int):
+def pack_teacher_forced(prompts: list[list[int]], responses: list[list[int]], rows: int, resp_len: int, pad_id: int):
     """Right-padded prompt+response tokens, and the index of the position predicting each response token."""
     width = bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)))
     tokens = np.full((rows, width), pad_id, np.int32)
@@ -139,8 +139,8 @@ def compute_safety_tokens(
     for start in tqdm(range(0, len(pairs), batch_size), desc="safety tokens", unit="batch", disable=not progress):
         chunk = list(pairs[start:start + batch_size])
         responses = [p.response for p in chunk]
-        batch_a = _pack([p.aligned_prompt for p in chunk], responses, batch_size, resp_len, pad_id)
-        batch_b = _pack([p.base_prompt for p in chunk], responses, batch_size, resp_len, pad_id)
+        batch_a = pack_teacher_forced([p.aligned_prompt for p in chunk], responses, batch_size, resp_len, pad_id)
+        batch_b = pack_teacher_forced([p.base_prompt for p in chunk], responses, batch_size, resp_len, pad_id)
         out = _batch_sums(aligned_state, base_state, graphdefs, batch_a[:3], batch_b[:3], batch_a[3],
                           jnp.float32(temperature), diff_mode == "pref_logratio")
         for total, part in zip(sums, out):
