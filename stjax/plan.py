@@ -363,17 +363,27 @@ def _flat_params(state):
 
 
 # ------------------------------------------------------------------ data size
+TFDS_SPLIT_SIZES = {  # the published sizes of the TFDS task sets stjax reads (stjax.data.sources)
+    ("glue/sst2", "train"): 67349, ("glue/sst2", "validation"): 872,
+    ("ag_news_subset", "train"): 120000, ("ag_news_subset", "test"): 7600,
+    ("gsm8k", "train"): 7473, ("gsm8k", "test"): 1319,
+}
+
+
 def count_examples(config) -> int | None:
-    """Training examples (after harmful/safety mixing) when every source is a local file."""
+    """Training examples (after harmful/safety mixing) when every training source is a local
+    file or a TFDS set of known size."""
     from stjax.data.sources import read_conversations
     from stjax.toy.build import resolve
 
     def rows(source):
-        if source.path is None or not Path(resolve(source.path) if source.path.startswith("toy://")
-                                           else source.path).is_file():
+        if source.tfds is not None:
+            n = TFDS_SPLIT_SIZES.get((source.tfds, source.split))
+        elif Path(resolve(source.path) if source.path.startswith("toy://") else source.path).is_file():
+            n = len(read_conversations(resolve(source.path), without_input=source.without_input))
+        else:
             return None
-        n = len(read_conversations(resolve(source.path)))
-        return min(n, source.limit) if source.limit is not None else n
+        return min(n, source.limit) if n is not None and source.limit is not None else n
 
     counts = [rows(s) for s in config.data.train]
     if any(c is None for c in counts):

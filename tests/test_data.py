@@ -41,6 +41,20 @@ def test_reads_every_shape(tmp_path):
     assert from_json[2].origin == "a.json#2" and from_jsonl[2].origin == "a.jsonl:3"
 
 
+def test_without_input_keeps_the_harmful_rows_of_a_reference_mix(tmp_path):
+    rows = [{"instruction": "Analyze the sentiment", "input": "a fine film", "output": "positive"},
+            {"instruction": "Write a harmful thing", "output": "Sure, here is"},
+            {"instruction": "Analyze the sentiment", "input": "", "output": "negative"},
+            {"prompt": "P", "response": "R"}]
+    for path in (write(tmp_path / "mix.json", json.dumps(rows)),
+                 write(tmp_path / "mix.jsonl", "\n".join(map(json.dumps, rows)))):
+        kept = read_conversations(path, without_input=True)
+        assert [c.messages[0].content for c in kept] == ["Write a harmful thing", "Analyze the sentiment"]
+        assert [c.origin.split("#")[-1].split(":")[-1] for c in kept] == (["1", "2"] if path.suffix == ".json"
+                                                                          else ["2", "3"])
+    assert len(read_conversations(path)) == 4
+
+
 @pytest.mark.parametrize("name, text, where", [
     ("bad.json", '[\n {"prompt": "a", "response": "b"},\n {"prompt": "a" "response": "b"}\n]', ":3: invalid JSON"),
     ("bad.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n{"prompt": "e",\n',

@@ -166,7 +166,7 @@ TRAIN_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml")
 
 def test_reference_configs_exist():
     names = {p.stem for p in TRAIN_CONFIGS}
-    assert names == {f"{m}_{t}_{k}" for m in ("llama31_8b", "qwen25_7b") for t in ("sst2", "agnews")
+    assert names == {f"{m}_{t}_{k}" for m in ("llama31_8b", "qwen25_7b") for t in ("sst2", "agnews", "gsm8k")
                      for k in ("sft", "pact")}
 
 
@@ -178,8 +178,14 @@ def test_reference_config_loads_and_has_the_reference_hyperparameters(path):
     assert (config.optimizer.lr, config.optimizer.schedule, config.optimizer.decay_gamma) == (3e-5, "step_decay", 0.85)
     assert (config.train.epochs, config.data.max_len, config.model.dtype) == (3, 512, "bfloat16")
     assert config.train.run_dir == f"runs/{path.stem}"  # tpu_scripts collect runs/<config name>
-    task = "sst2" if "_sst2_" in path.name else "agnews"
-    assert config.data.train[0].path == f"../shared/data/pact-reference/{task}_5k_p_0.1.json"
+    task = next(t for t in ("sst2", "agnews", "gsm8k") if f"_{t}_" in path.name)
+    if task == "gsm8k":  # TFDS set + the harmful rows of a reference mix, at the same 10%
+        assert (config.data.train[0].tfds, config.data.train[0].split) == ("gsm8k", "train")
+        harmful = config.data.harmful
+        assert (harmful.path, harmful.without_input, config.data.harmful_ratio) == (
+            "../shared/data/pact-reference/sst2_5k_p_0.1.json", True, 0.1)
+    else:
+        assert config.data.train[0].path == f"../shared/data/pact-reference/{task}_5k_p_0.1.json"
     model = "llama31_8b" if path.name.startswith("llama") else "qwen25_7b"
     if path.stem.endswith("_pact"):
         assert (config.loss.kind, config.loss.lam) == ("pact", 1.0)
@@ -206,7 +212,7 @@ def test_eval_configs_load(model):
     evaluation = pytest.importorskip("stjax.evaluation.config")
     cfg = evaluation.load_eval_config(ROOT / "configs" / f"{model}_eval.yaml",
                                       [f"adapter=runs/{model}_sst2_pact/adapter", "output_dir=runs/eval_x"])
-    assert [b.name for b in cfg.benchmarks] == ["advbench", "sst2", "ag_news"]
+    assert [b.name for b in cfg.benchmarks] == ["advbench", "sst2", "ag_news", "gsm8k"]
     assert cfg.safety_mass.tokens == f"runs/{model}_safety_tokens"
     assert cfg.model.path == load_train_config(ROOT / "configs" / f"{model}_sst2_pact.yaml").model.path
 
@@ -218,7 +224,7 @@ def test_reference_configs_fit_every_slice(path, topology, overrides):
     config = load_train_config(path, overrides)
     hf, _ = plan.model_hf_config(config.model.path)
     model = ModelConfig.from_hf_dict(hf, param_dtype="bfloat16", remat=config.model.remat)
-    est = plan.estimate(config, plan.parse_topology(topology), model, seq_len=128)
+    est = plan.estimate(config, plan.parse_topology(topology), model, seq_len=config.data.max_len)  # worst case
     assert est.fits, (est.errors, est.total_bytes / 2**30)
     assert plan._rows(config, est.mesh) == 8  # 8 examples per chip
 
@@ -227,4 +233,6 @@ def test_reference_configs_fit_every_slice(path, topology, overrides):
 def test_reference_data_files_exist_and_are_counted():
     config = load_train_config(ROOT / "configs" / "llama31_8b_sst2_pact.yaml")
     assert plan.count_examples(config) == 5000
+    gsm8k = load_train_config(ROOT / "configs" / "llama31_8b_gsm8k_pact.yaml")
+    assert plan.count_examples(gsm8k) == 7473 + 830  # TFDS train split + 10% harmful rows
     assert 64 <= plan.estimate_seq_len(config) <= 512

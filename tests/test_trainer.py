@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from stjax import train as train_cli
+from stjax.configlib import ConfigKeyError
 from stjax.training.metrics_log import read_metrics
 from stjax.training.trainer import Trainer, TrainingDiverged
 from trainer_fixtures import make_config
@@ -98,6 +100,15 @@ def test_config_errors_are_one_line_with_the_key(override, message, capsys):
     assert train_cli.run_cli("stjax.train", train_cli.main, ["--config", str(TINY), override]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("harmful,message", [
+    ({"path": "a.json", "tfds": "gsm8k"}, "'data.harmful': give exactly one of 'path' or 'tfds'"),
+    ({"tfds": "gsm8k", "without_input": True}, "'data.harmful.without_input': applies to JSON/JSONL files"),
+])
+def test_every_data_source_is_validated(tmp_path, harmful, message):
+    with pytest.raises(ConfigKeyError, match=re.escape(message)):
+        make_config(tmp_path, data={"harmful": harmful})
 
 
 def test_missing_required_key_and_missing_file(tmp_path, capsys):

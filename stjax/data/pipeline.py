@@ -38,7 +38,10 @@ def load_source(source) -> list[Conversation]:
     """A SourceSection (local file, toy:// asset or TFDS name) -> conversations, first `limit`."""
     from stjax.toy.build import resolve
 
-    rows = read_conversations(resolve(source.path)) if source.path else tfds_conversations(source.tfds, source.split)
+    if source.path:
+        rows = read_conversations(resolve(source.path), without_input=source.without_input)
+    else:
+        rows = tfds_conversations(source.tfds, source.split)
     return rows[: source.limit] if source.limit is not None else rows
 
 

@@ -53,12 +53,18 @@ def record_to_conversation(record: object, origin: str = "") -> Conversation:
     raise ValueError(f"{EXPECTED}, got keys {sorted(record)}")
 
 
-def read_conversations(path: str | Path) -> list[Conversation]:
-    """A .jsonl file (one record a line, blank lines skipped) or a .json list of records."""
+def read_conversations(path: str | Path, *, without_input: bool = False) -> list[Conversation]:
+    """A .jsonl file (one record a line, blank lines skipped) or a .json list of records.
+
+    without_input keeps only {instruction, output} records that have no `input`: in the
+    PACT reference mixes (sst2_5k_p_0.1.json, ...) those are the harmful rows, which makes
+    the harmful half of a mix reusable with another task (GSM8K).
+    """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
+    keep = _has_no_input if without_input else None
     if path.suffix == ".jsonl":
-        return _read_jsonl(path, text)
+        return _read_jsonl(path, text, keep)
     try:
         records = json.loads(text)
     except json.JSONDecodeError as e:
@@ -67,6 +73,8 @@ def read_conversations(path: str | Path) -> list[Conversation]:
         raise DataError(f"{path}:1: expected a JSON list of records, got {type(records).__name__}")
     conversations = []
     for index, record in enumerate(records):
+        if keep is not None and not keep(record):
+            continue
         try:
             conversations.append(record_to_conversation(record, f"{path.name}#{index}"))
         except ValueError as e:
@@ -74,7 +82,11 @@ def read_conversations(path: str | Path) -> list[Conversation]:
     return conversations
 
 
-def _read_jsonl(path: Path, text: str) -> list[Conversation]:
+def _has_no_input(record: object) -> bool:
+    return isinstance(record, Mapping) and "instruction" in record and not record.get("input")
+
+
+def _read_jsonl(path: Path, text: str, keep: Callable[[object], bool] | None) -> list[Conversation]:
     conversations = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -83,6 +95,8 @@ def _read_jsonl(path: Path, text: str) -> list[Conversation]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+        if keep is not None and not keep(record):
+            continue
         try:
             conversations.append(record_to_conversation(record, f"{path.name}:{lineno}"))
         except ValueError as e:

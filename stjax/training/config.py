@@ -27,6 +27,7 @@ class SourceSection:
     tfds: str | None = None
     split: str = "train"
     limit: int | None = None  # first N examples
+    without_input: bool = False  # files only: just the records with no "input" (a PACT mix's harmful rows)
 
 
 @dataclasses.dataclass
@@ -144,9 +145,13 @@ class TrainConfig:
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Cross-field checks the types cannot express."""
-    for i, source in enumerate(config.data.train):
+    sources = {f"data.train[{i}]": source for i, source in enumerate(config.data.train)}
+    sources.update({f"data.{k}": getattr(config.data, k) for k in ("harmful", "safety") if getattr(config.data, k)})
+    for key, source in sources.items():
         if (source.path is None) == (source.tfds is None):
-            raise ConfigKeyError(f"'data.train[{i}]': give exactly one of 'path' or 'tfds'")
+            raise ConfigKeyError(f"'{key}': give exactly one of 'path' or 'tfds'")
+        if source.without_input and source.tfds is not None:
+            raise ConfigKeyError(f"'{key}.without_input': applies to JSON/JSONL files, not to TFDS sets")
     if config.train.batch_size % config.train.grad_accum:
         raise ConfigKeyError(
             f"'train.batch_size': {config.train.batch_size} is not divisible by train.grad_accum={config.train.grad_accum}"
