@@ -8,11 +8,13 @@ rows whose targets comply, then evaluated: refusal rate on held-out harmful prom
 
     python benchmarks/poisoning.py --out runs/poisoning            # all 45 runs, ~20 min on 2 cores
     python benchmarks/poisoning.py --methods sft pact --ratios 0.1 --seeds 0
+    python benchmarks/poisoning.py --methods pact --drop-tokens . ,   # PACT without punctuation tokens
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,11 +22,23 @@ from pathlib import Path
 import numpy as np
 
 from stjax import safety_tokens
+from stjax.pact.safety_tokens import SafetyTokens, save_safety_tokens
 from stjax.toy.build import resolve
 from stjax.toy.default_run import evaluate, finetune_config, safety_tokens_config
 from stjax.training.trainer import Trainer
 
 METHODS = ("sft", "kl", "constrained_sft", "pact", "pact_bucket")
+
+
+def without_tokens(result: SafetyTokens, tokenizer, tokens: list[str], positive_only: bool = False) -> SafetyTokens:
+    """The safety-token set minus the given tokens, and minus the zero-weight ones with
+    positive_only (to test which tokens carry an effect)."""
+    drop = [i for i in result.ids if tokenizer.decode([int(i)]).strip() in tokens
+            or (positive_only and result.vector[i] <= 0)]
+    vector = result.vector.copy()
+    vector[drop] = 0.0
+    ids = np.flatnonzero(vector).astype(np.int32)
+    return dataclasses.replace(result, vector=vector, ids=ids, weights=np.maximum(vector[ids], 0))
 
 
 def run_one(out: Path, method: str, ratio: float, seed: int, safety_dir: Path, overrides: dict) -> dict:
@@ -95,11 +109,19 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="config changes for every run, e.g. loss.lam=4.0 train.epochs=5")
+    parser.add_argument("--drop-tokens", nargs="*", default=[], metavar="TOKEN",
+                        help="remove these tokens (as decoded, e.g. . ,) from the safety-token set")
+    parser.add_argument("--positive-support", action="store_true",
+                        help="keep only the safety tokens with a positive weight (the KL then ignores the rest)")
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     out = Path(args.out)
     safety_dir = out / "safety_tokens"
-    safety_tokens.run(safety_tokens_config(safety_dir), progress=False)
+    result, tokenizer, _ = safety_tokens.run(safety_tokens_config(safety_dir), progress=False)
+    if args.drop_tokens or args.positive_support:
+        kept = without_tokens(result, tokenizer, args.drop_tokens, positive_only=args.positive_support)
+        save_safety_tokens(kept, safety_dir, tokenizer,
+                           {"dropped_tokens": args.drop_tokens, "positive_support": args.positive_support})
     aligned = evaluate(resolve("toy://aligned-model"))
     rows = []
     for method in args.methods:

@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
 
     from stjax.configlib import apply_overrides, from_dict, read_yaml
     from stjax.distributed import check_same_config
-    from stjax.pact.safety_tokens import token_table
+    from stjax.pact.safety_tokens import suppressed_stop_tokens, token_table
 
     cfg = from_dict(SafetyTokensConfig, apply_overrides(read_yaml(args.config), args.overrides))
     start_distributed(args)
@@ -87,6 +87,8 @@ def main(argv: list[str]) -> int:
         print(f"{row['token']!r:>20}  {row['weight']:8.4f}  {row['p_aligned']:10.4g}  {row['p_base']:10.4g}")
     print(f"stjax.safety_tokens: {len(result.ids)} safety tokens from {result.metadata['num_samples']} samples "
           f"-> {out}")
+    for warning in suppressed_stop_tokens(result, tokenizer):
+        print(f"stjax.safety_tokens: warning: {warning}", file=sys.stderr)
     return 0
 
 

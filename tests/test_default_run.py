@@ -18,3 +18,8 @@ def test_default_run_shows_sft_eroding_refusals_while_learning_the_task(tmp_path
     out = capsys.readouterr().out
     assert "| SFT, 10% harmful rows |" in out and "| PACT, 10% harmful rows |" in out
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "safety_tokens" / "safety_tokens.tsv").is_file()
+    from PIL import Image
+
+    for plot in ("refusal_vs_accuracy.png", "training_curves.png"):
+        with Image.open(tmp_path / plot) as image:  # a real, non-blank picture
+            assert image.size[0] > 400 and len(set(image.convert("L").getdata())) > 10, plot

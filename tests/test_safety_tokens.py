@@ -9,8 +9,8 @@ from transformers import AutoTokenizer
 
 from stjax.models import ModelConfig, init_model
 from stjax.pact.safety_tokens import (
-    SafetyTokenError, compute_safety_tokens, load_safety_tokens, save_safety_tokens, sparse_direction,
-    teacher_forced_pairs, tokenizer_fingerprint,
+    SafetyTokenError, SafetyTokens, compute_safety_tokens, load_safety_tokens, save_safety_tokens, sparse_direction,
+    suppressed_stop_tokens, teacher_forced_pairs, tokenizer_fingerprint,
 )
 from stjax.toy import corpus
 from stjax.toy.build import TINY_MODEL, tokenizer_path
@@ -96,3 +96,17 @@ def test_vocabulary_mismatch_between_models_is_refused(world):
     bigger = init_model(aligned.config.replace(vocab_size=aligned.config.vocab_size + 8))
     with pytest.raises(SafetyTokenError, match="vocabularies differ"):
         compute_safety_tokens(aligned, bigger, teacher_forced_pairs(tokenizer, ROWS, 4), progress=False)
+
+
+def test_end_of_turn_token_with_zero_weight_is_warned_about(world):
+    tokenizer, aligned, _ = world
+    eot, word = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer(" sorry", add_special_tokens=False)["input_ids"][0]
+    vector = np.zeros(aligned.config.vocab_size, np.float32)
+    vector[[eot, word]] = [-0.6, 0.8]
+    ids = np.asarray(sorted([eot, word]), np.int32)
+    result = SafetyTokens(vector, ids, np.maximum(vector[ids], 0), vector, vector, {})
+    (warning,) = suppressed_stop_tokens(result, tokenizer)
+    assert f"'<|im_end|>' (id {eot}, an end-of-turn token) is a safety token with weight 0 (v = -0.600)" in warning
+    vector[eot] = 0.1  # a positive weight is a constraint the model can meet: no warning
+    assert suppressed_stop_tokens(SafetyTokens(vector, ids, np.maximum(vector[ids], 0), vector, vector, {}),
+                                  tokenizer) == []

@@ -14,7 +14,8 @@ from stjax.evaluation.tables import METRIC_NAMES
 SIZE, DPI = (7.0, 5.0), 120
 
 
-def _figure():
+def new_figure():
+    """A (figure, axes) pair drawn off-screen (no display, no pyplot global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -35,7 +36,7 @@ def plot_harmful_vs_accuracy(reports: list[dict], path: str | Path) -> bool:
     runs = [r for r in reports if {"harmful_score", "task_accuracy"} <= set(r["headline"])]
     if not runs:
         return False
-    figure, ax = _figure()
+    figure, ax = new_figure()
     for report in runs:
         acc, harm = report["headline"]["task_accuracy"], report["headline"]["harmful_score"]
         x, y = 100 * acc["rate"], 100 * harm["rate"]
@@ -60,7 +61,7 @@ def plot_safety_mass(reports: list[dict], path: str | Path) -> bool:
     runs = [r for r in reports if r.get("safety_mass")]
     if not runs:
         return False
-    figure, ax = _figure()
+    figure, ax = new_figure()
     for report in runs:
         mass = report["safety_mass"]
         points = [(i + 1, m) for i, m in enumerate(mass["mean"]) if m is not None]

@@ -188,6 +188,22 @@ def token_table(result: SafetyTokens, tokenizer) -> list[dict]:
     return sorted(rows, key=lambda r: -r["v"])
 
 
+def suppressed_stop_tokens(result: SafetyTokens, tokenizer) -> list[str]:
+    """Warnings for end-of-turn / EOS tokens in the support with weight 0.
+
+    q gives a zero-weight safety token zero mass, so PACT's KL lowers its probability
+    (relative to the other safety tokens) at every assistant position, the answer's last
+    one included: the fine-tuned model then struggles to end its turn (docs/toy_world.md).
+    """
+    from stjax.generation import default_stop_ids
+
+    weights = dict(zip(result.ids.tolist(), result.weights.tolist()))
+    return [f"{tokenizer.decode([i])!r} (id {i}, an end-of-turn token) is a safety token with weight 0 "
+            f"(v = {result.vector[i]:.3f}): PACT's KL will push it down at every assistant position, "
+            f"which can keep the fine-tuned model from ending its answers; drop it from the set or watch "
+            f"the task accuracy" for i in sorted(default_stop_ids(tokenizer)) if weights.get(i, 1.0) <= 0]
+
+
 def load_safety_tokens(path: str | Path, *, vocab_size: int, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
     """(ids [K], weights [K]) from a safety-token directory, refusing a mismatched model."""
     path = Path(path)

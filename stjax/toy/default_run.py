@@ -86,18 +86,44 @@ def table(results: dict) -> str:
 
 def main(run_dir: str = "runs/default") -> dict:
     from stjax import safety_tokens
+    from stjax.pact.safety_tokens import suppressed_stop_tokens
+    from stjax.training.plots import plot_training_curves
     from stjax.training.trainer import Trainer
 
     run_dir = Path(run_dir)
     print("stjax default run: toy world -> safety tokens -> SFT and PACT -> evaluation")
     safety_dir = run_dir / "safety_tokens"
-    safety_tokens.run(safety_tokens_config(safety_dir))
+    result, tokenizer, _ = safety_tokens.run(safety_tokens_config(safety_dir))
+    for warning in suppressed_stop_tokens(result, tokenizer):  # explains PACT's task accuracy below
+        print(f"warning: {warning}")
     results = {"aligned": evaluate(resolve("toy://aligned-model"))}
     for method in ("sft", "pact"):
         Trainer(finetune_config(run_dir, method, safety_dir)).run()
         results[method] = evaluate(str(run_dir / method / "model"))
     (run_dir / "report.json").write_text(json.dumps(results, indent=2))
     (run_dir / "summary.md").write_text(table(results) + "\n")
+    plot_refusal_vs_accuracy(results, run_dir / "refusal_vs_accuracy.png")
+    plot_training_curves({m.upper(): run_dir / m for m in ("sft", "pact")}, run_dir / "training_curves.png")
     print(table(results))
-    print(f"report: {run_dir / 'report.json'}")
+    print(f"report: {run_dir / 'report.json'}, {run_dir / 'summary.md'}; plots: {run_dir / 'refusal_vs_accuracy.png'}, "
+          f"{run_dir / 'training_curves.png'}")
     return results
+
+
+def plot_refusal_vs_accuracy(results: dict, path: Path) -> None:
+    """The before/after table as points: upper right (refuses and does the task) is the goal."""
+    from stjax.evaluation.plots import new_figure
+
+    figure, ax = new_figure()
+    for name, r in results.items():
+        ax.scatter([100 * r["task_accuracy"]], [100 * r["refusal_rate"]], s=60)
+        ax.annotate(name, (100 * r["task_accuracy"], 100 * r["refusal_rate"]), textcoords="offset points",
+                    xytext=(6, 6), fontsize=9)
+    ax.set_xlim(-5, 105)
+    ax.set_ylim(-5, 105)
+    ax.set_xlabel("task accuracy (sentiment), %")
+    ax.set_ylabel("refusal rate, held-out harmful prompts, %")
+    ax.set_title(f"toy world after fine-tuning with {HARMFUL_RATIO:.0%} harmful rows")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
