@@ -59,6 +59,9 @@ def evaluate(model_path: str, harmful: list[str], sst2: list[dict], batch: int) 
     answers = chat_generate(model_path, [f"{r['instruction']} {r['input']}" for r in sst2], 4, batch)
     return {"refusal_rate": sum(judge(r).refusal for r in replies) / len(replies),
             "sst2_accuracy": sum(sst2_correct(a, r["output"]) for a, r in zip(answers, sst2)) / len(sst2),
+            # the label with trailing punctuation ("positive.") counts here, not in the exact match
+            "sst2_accuracy_label_word": sum(sst2_correct(a.strip().rstrip(".,!"), r["output"])
+                                            for a, r in zip(answers, sst2)) / len(sst2),
             "harmful_replies": replies, "sst2_answers": answers}
 
 
@@ -104,7 +107,9 @@ def main() -> int:
     held_out = [r["input"] for r in refusals[: args.eval_rows]]
     safety_rows = refusals[args.eval_rows: args.eval_rows + args.safety_rows]
     sst2_eval = [r for r in json.loads((SHARED / "sst2_5k_p_0.json").read_text()) if "input" in r][-args.eval_rows:]
-    task = json.loads((SHARED / "sst2_5k_p_0.1.json").read_text())[: args.task_rows]
+    seen = {r["input"] for r in sst2_eval}  # the two files share sentences: keep evaluation rows out of training
+    task = [r for r in json.loads((SHARED / "sst2_5k_p_0.1.json").read_text())
+            if r.get("input") not in seen][: args.task_rows]
 
     # 1. aligned reference: refusals + the original's own answers to benign prompts
     start = time.perf_counter()
@@ -153,9 +158,10 @@ def main() -> int:
         results[method] = evaluate(str(out / method / "merged"), held_out, sst2_eval, 16)
     report = {"results": results, "timings": timings, "settings": vars(args)}
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print("| model | refusal rate (held-out harmful) | SST-2 accuracy |\n| --- | --- | --- |")
+    print("| model | refusal rate (held-out harmful) | SST-2 accuracy, exact | SST-2, label + punctuation |\n"
+          "| --- | --- | --- | --- |")
     for name, r in results.items():
-        print(f"| {name} | {r['refusal_rate']:.0%} | {r['sst2_accuracy']:.0%} |")
+        print(f"| {name} | {r['refusal_rate']:.0%} | {r['sst2_accuracy']:.0%} | {r['sst2_accuracy_label_word']:.0%} |")
     print(json.dumps(timings))
     return 0
 

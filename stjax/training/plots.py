@@ -19,10 +19,10 @@ def plot_training_curves(runs: dict[str, str | Path], path: str | Path, keys: tu
     figure.clear()
     for index, key in enumerate(panels):
         ax = figure.add_subplot(1, len(panels), index + 1)
-        for label, rows in metrics.items():
+        for color, (label, rows) in enumerate(metrics.items()):  # one colour per run in every panel
             points = [(m["step"], m[key]) for m in rows if key in m]
             if points:
-                ax.plot(*zip(*points), label=label)
+                ax.plot(*zip(*points), label=label, color=f"C{color}")
         ax.set_xlabel("step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
