@@ -8,7 +8,7 @@ index (JSON lists), and the shape that was expected, on one line, so a broken ro
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from stjax.data.records import Conversation, DataError, Message
@@ -62,23 +62,15 @@ def read_conversations(path: str | Path, *, without_input: bool = False) -> list
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    keep = _has_no_input if without_input else None
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path, text, keep)
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}:1: expected a JSON list of records, got {type(records).__name__}")
+    records = _jsonl_records(path, text) if path.suffix == ".jsonl" else _json_records(path, text)
     conversations = []
-    for index, record in enumerate(records):
-        if keep is not None and not keep(record):
+    for record, origin, where in records:
+        if without_input and not _has_no_input(record):
             continue
         try:
-            conversations.append(record_to_conversation(record, f"{path.name}#{index}"))
+            conversations.append(record_to_conversation(record, origin))
         except ValueError as e:
-            raise DataError(f"{path}: record {index}: {e}") from None
+            raise DataError(f"{where}: {e}") from None
     return conversations
 
 
@@ -86,8 +78,20 @@ def _has_no_input(record: object) -> bool:
     return isinstance(record, Mapping) and "instruction" in record and not record.get("input")
 
 
-def _read_jsonl(path: Path, text: str, keep: Callable[[object], bool] | None) -> list[Conversation]:
-    conversations = []
+def _json_records(path: Path, text: str) -> Iterator[tuple[object, str, str]]:
+    """(record, origin, where-for-errors) of a .json list."""
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}:1: expected a JSON list of records, got {type(records).__name__}")
+    for index, record in enumerate(records):
+        yield record, f"{path.name}#{index}", f"{path}: record {index}"
+
+
+def _jsonl_records(path: Path, text: str) -> Iterator[tuple[object, str, str]]:
+    """(record, origin, where-for-errors) of a .jsonl file, blank lines skipped."""
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -95,13 +99,7 @@ def _read_jsonl(path: Path, text: str, keep: Callable[[object], bool] | None) ->
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
-        if keep is not None and not keep(record):
-            continue
-        try:
-            conversations.append(record_to_conversation(record, f"{path.name}:{lineno}"))
-        except ValueError as e:
-            raise DataError(f"{path}:{lineno}: {e}") from None
-    return conversations
+        yield record, f"{path.name}:{lineno}", f"{path}:{lineno}"
 
 
 SST2_PROMPT = "Analyze the sentiment of the input, and respond only positive or negative"
