@@ -22,23 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from stjax import safety_tokens
-from stjax.pact.safety_tokens import SafetyTokens, save_safety_tokens
 from stjax.toy.build import resolve
 from stjax.toy.default_run import evaluate, finetune_config, safety_tokens_config
 from stjax.training.trainer import Trainer
 
 METHODS = ("sft", "kl", "constrained_sft", "pact", "pact_bucket")
-
-
-def without_tokens(result: SafetyTokens, tokenizer, tokens: list[str], positive_only: bool = False) -> SafetyTokens:
-    """The safety-token set minus the given tokens, and minus the zero-weight ones with
-    positive_only (to test which tokens carry an effect)."""
-    drop = [i for i in result.ids if tokenizer.decode([int(i)]).strip() in tokens
-            or (positive_only and result.vector[i] <= 0)]
-    vector = result.vector.copy()
-    vector[drop] = 0.0
-    ids = np.flatnonzero(vector).astype(np.int32)
-    return dataclasses.replace(result, vector=vector, ids=ids, weights=np.maximum(vector[ids], 0))
 
 
 def run_one(out: Path, method: str, ratio: float, seed: int, safety_dir: Path, overrides: dict) -> dict:
@@ -117,11 +105,9 @@ def main() -> None:
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     out = Path(args.out)
     safety_dir = out / "safety_tokens"
-    result, tokenizer, _ = safety_tokens.run(safety_tokens_config(safety_dir), progress=False)
-    if args.drop_tokens or args.positive_support:
-        kept = without_tokens(result, tokenizer, args.drop_tokens, positive_only=args.positive_support)
-        save_safety_tokens(kept, safety_dir, tokenizer,
-                           {"dropped_tokens": args.drop_tokens, "positive_support": args.positive_support})
+    config = dataclasses.replace(safety_tokens_config(safety_dir), drop_tokens=args.drop_tokens,
+                                 positive_only=args.positive_support)
+    safety_tokens.run(config, progress=False)
     aligned = evaluate(resolve("toy://aligned-model"))
     rows = []
     for method in args.methods:

@@ -29,6 +29,8 @@ class SafetyTokensConfig:
     diff_mode: Literal["p_diff", "pref_logratio"] = "p_diff"
     top_k: int = 50
     batch_size: int = 8
+    drop_tokens: list[str] = dataclasses.field(default_factory=list)  # e.g. ["<|im_end|>"], removed after top_k
+    positive_only: bool = False  # keep only the tokens with a positive weight
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
 
@@ -41,7 +43,7 @@ def run(cfg: SafetyTokensConfig, *, progress: bool = True):
     from stjax.data.pipeline import load_tokenizer
     from stjax.data.sources import read_conversations
     from stjax.models import from_pretrained, make_mesh
-    from stjax.pact.safety_tokens import compute_safety_tokens, save_safety_tokens, teacher_forced_pairs
+    from stjax.pact.safety_tokens import compute_safety_tokens, drop_tokens, save_safety_tokens, teacher_forced_pairs
     from stjax.toy.build import resolve
 
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -56,6 +58,8 @@ def run(cfg: SafetyTokensConfig, *, progress: bool = True):
     result = compute_safety_tokens(aligned, base, pairs, temperature=cfg.temperature, diff_mode=cfg.diff_mode,
                                    top_k=cfg.top_k, batch_size=cfg.batch_size, pad_id=tokenizer.pad_token_id or 0,
                                    progress=progress)
+    if cfg.drop_tokens or cfg.positive_only:
+        result = drop_tokens(result, tokenizer, cfg.drop_tokens, positive_only=cfg.positive_only)
     out = Path(cfg.out_dir)
     if jax.process_index() == 0:  # every process holds the same result; one writes it
         save_safety_tokens(result, out, tokenizer, {"aligned_model": aligned_path, "base_model": base_path,

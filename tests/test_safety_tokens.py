@@ -9,8 +9,8 @@ from transformers import AutoTokenizer
 
 from stjax.models import ModelConfig, init_model
 from stjax.pact.safety_tokens import (
-    SafetyTokenError, SafetyTokens, compute_safety_tokens, load_safety_tokens, save_safety_tokens, sparse_direction,
-    suppressed_stop_tokens, teacher_forced_pairs, tokenizer_fingerprint,
+    SafetyTokenError, SafetyTokens, compute_safety_tokens, drop_tokens, load_safety_tokens, save_safety_tokens,
+    sparse_direction, suppressed_stop_tokens, teacher_forced_pairs, tokenizer_fingerprint,
 )
 from stjax.toy import corpus
 from stjax.toy.build import TINY_MODEL, tokenizer_path
@@ -110,3 +110,20 @@ def test_end_of_turn_token_with_zero_weight_is_warned_about(world):
     vector[eot] = 0.1  # a positive weight is a constraint the model can meet: no warning
     assert suppressed_stop_tokens(SafetyTokens(vector, ids, np.maximum(vector[ids], 0), vector, vector, {}),
                                   tokenizer) == []
+
+
+def test_drop_tokens_and_positive_only(world):
+    tokenizer, aligned, _ = world
+    ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"),
+           *(tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" sorry", " cannot", "."))]
+    vector = np.zeros(aligned.config.vocab_size, np.float32)
+    vector[ids] = [-0.6, 0.5, 0.3, -0.2]
+    ordered = np.asarray(sorted(ids), np.int32)
+    result = SafetyTokens(vector, ordered, np.maximum(vector[ordered], 0), vector, vector, {"top_k": 4})
+    kept = drop_tokens(result, tokenizer, ["<|im_end|>"])
+    assert sorted(kept.ids.tolist()) == sorted(ids[1:]) and kept.vector[ids[0]] == 0
+    assert kept.vector[ids[1]] == 0.5 and kept.metadata["dropped_tokens"] == ["<|im_end|>"]
+    assert suppressed_stop_tokens(kept, tokenizer) == []
+    positive = drop_tokens(result, tokenizer, [], positive_only=True)
+    assert sorted(positive.ids.tolist()) == sorted(ids[1:3])
+    np.testing.assert_array_equal(positive.weights, positive.vector[positive.ids])

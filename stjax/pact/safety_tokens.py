@@ -188,6 +188,24 @@ def token_table(result: SafetyTokens, tokenizer) -> list[dict]:
     return sorted(rows, key=lambda r: -r["v"])
 
 
+def drop_tokens(result: SafetyTokens, tokenizer, tokens: Sequence[str], *, positive_only: bool = False) -> SafetyTokens:
+    """The set without the given tokens (matched as decoded, surrounding spaces ignored) and,
+    with positive_only, without its zero-weight tokens; the remaining scores are unchanged.
+
+    Dropping `<|im_end|>` when it has weight 0 stops the KL from suppressing end-of-turn
+    (docs/toy_world.md); positive_only makes the KL's support the weighted tokens alone.
+    """
+    wanted = {t.strip() for t in tokens}
+    drop = [int(i) for i in result.ids
+            if tokenizer.decode([int(i)]).strip() in wanted or (positive_only and result.vector[i] <= 0)]
+    vector = result.vector.copy()
+    vector[drop] = 0.0
+    ids = np.flatnonzero(vector).astype(np.int32)
+    return dataclasses.replace(result, vector=vector, ids=ids, weights=np.maximum(vector[ids], 0),
+                               metadata={**result.metadata, "dropped_tokens": sorted(wanted),
+                                         "positive_only": positive_only})
+
+
 def suppressed_stop_tokens(result: SafetyTokens, tokenizer) -> list[str]:
     """Warnings for end-of-turn / EOS tokens in the support with weight 0.
 
@@ -200,8 +218,8 @@ def suppressed_stop_tokens(result: SafetyTokens, tokenizer) -> list[str]:
     weights = dict(zip(result.ids.tolist(), result.weights.tolist()))
     return [f"{tokenizer.decode([i])!r} (id {i}, an end-of-turn token) is a safety token with weight 0 "
             f"(v = {result.vector[i]:.3f}): PACT's KL will push it down at every assistant position, "
-            f"which can keep the fine-tuned model from ending its answers; drop it from the set or watch "
-            f"the task accuracy" for i in sorted(default_stop_ids(tokenizer)) if weights.get(i, 1.0) <= 0]
+            f"which can keep the fine-tuned model from ending its answers; drop it from the set "
+            f"(drop_tokens: ['{tokenizer.decode([i])}']) or watch the task accuracy" for i in sorted(default_stop_ids(tokenizer)) if weights.get(i, 1.0) <= 0]
 
 
 def load_safety_tokens(path: str | Path, *, vocab_size: int, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
