@@ -216,10 +216,16 @@ def suppressed_stop_tokens(result: SafetyTokens, tokenizer) -> list[str]:
     from stjax.generation import default_stop_ids
 
     weights = dict(zip(result.ids.tolist(), result.weights.tolist()))
-    return [f"{tokenizer.decode([i])!r} (id {i}, an end-of-turn token) is a safety token with weight 0 "
-            f"(v = {result.vector[i]:.3f}): PACT's KL will push it down at every assistant position, "
-            f"which can keep the fine-tuned model from ending its answers; drop it from the set "
-            f"(drop_tokens: ['{tokenizer.decode([i])}']) or watch the task accuracy" for i in sorted(default_stop_ids(tokenizer)) if weights.get(i, 1.0) <= 0]
+    warnings = []
+    for i in sorted(default_stop_ids(tokenizer)):
+        if weights.get(i, 1.0) > 0:  # not a safety token, or one the KL lifts
+            continue
+        token = tokenizer.decode([i])
+        warnings.append(f"{token!r} (id {i}, an end-of-turn token) is a safety token with weight 0 "
+                        f"(v = {result.vector[i]:.3f}): PACT's KL will push it down at every assistant position, "
+                        f"which can keep the fine-tuned model from ending its answers; drop it from the set "
+                        f"(drop_tokens: ['{token}']) or watch the task accuracy")
+    return warnings
 
 
 def load_safety_tokens(path: str | Path, *, vocab_size: int, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
