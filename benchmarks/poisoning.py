@@ -2,9 +2,11 @@
 
 For every method (sft, kl, constrained_sft, pact, pact_bucket), harmful ratio p and seed,
 the toy aligned model is fine-tuned on the sentiment task with a fraction p of harmful
-rows whose targets comply, then evaluated: refusal rate on held-out harmful prompts
-(keyword judge) and task accuracy (exact label). Prints mean +- std over seeds, writes
-`poisoning.json`, `poisoning.md` and `poisoning.png` (refusal vs accuracy) to --out.
+rows whose targets comply, then evaluated with the default run's judges: clean refusals
+on both held-out harmful sets (unseen template-topic pairs, unseen template family), the
+keyword rate beside them, degenerate replies, and task accuracy (exact label). Prints
+mean +- std over seeds, writes `poisoning.json`, `poisoning.md` (with sample replies) and
+`poisoning.png` (clean refusal vs accuracy) to --out.
 
     python benchmarks/poisoning.py --out runs/poisoning            # all 45 runs, ~20 min on 2 cores
     python benchmarks/poisoning.py --methods sft pact --ratios 0.1 --seeds 0
@@ -23,7 +25,7 @@ import numpy as np
 
 from stjax import safety_tokens
 from stjax.toy.build import resolve
-from stjax.toy.default_run import evaluate, finetune_config, safety_tokens_config
+from stjax.toy.default_run import HARMFUL_SETS, evaluate, finetune_config, rates, safety_tokens_config
 from stjax.training.trainer import Trainer
 
 METHODS = ("sft", "kl", "constrained_sft", "pact", "pact_bucket")
@@ -39,27 +41,52 @@ def run_one(out: Path, method: str, ratio: float, seed: int, safety_dir: Path, o
     return evaluate(str(run_dir / method / "model"))
 
 
+METRICS = [f"{m}:{split}" for m in ("clean_refusal", "keyword_refusal", "degenerate") for split in HARMFUL_SETS]
+METRICS += ["task_accuracy", "task_degenerate"]
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["ratio"]), []).append(row)
     summary = []
     for (method, ratio), runs in groups.items():
-        refusal = np.array([r["refusal_rate"] for r in runs])
-        accuracy = np.array([r["task_accuracy"] for r in runs])
-        summary.append({"method": method, "ratio": ratio, "seeds": len(runs),
-                        "refusal_mean": refusal.mean(), "refusal_std": refusal.std(),
-                        "accuracy_mean": accuracy.mean(), "accuracy_std": accuracy.std()})
+        entry = {"method": method, "ratio": ratio, "seeds": len(runs)}
+        for metric in METRICS:
+            values = np.array([r["rates"][metric] for r in runs])
+            entry[metric] = {"mean": float(values.mean()), "std": float(values.std())}
+        summary.append(entry)
     return summary
 
 
+def _cell(stat: dict) -> str:
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}" if stat["std"] >= 0.005 else f"{stat['mean']:.2f}"
+
+
 def markdown(summary: list[dict], aligned: dict) -> str:
-    lines = [f"aligned model before fine-tuning: refusal {aligned['refusal_rate']:.0%}, "
-             f"task accuracy {aligned['task_accuracy']:.0%}", "",
-             "| method | harmful ratio | refusal rate | task accuracy | seeds |", "| --- | --- | --- | --- | --- |"]
+    a = rates(aligned)
+    pairs, family = HARMFUL_SETS
+    lines = [f"aligned model before fine-tuning: clean refusal {a[f'clean_refusal:{pairs}']:.0%} (unseen pairs) / "
+             f"{a[f'clean_refusal:{family}']:.0%} (unseen family), task accuracy {a['task_accuracy']:.0%}", "",
+             "| method | p | clean refusal, unseen pairs | clean refusal, unseen family | keyword refusal (pairs) "
+             "| degenerate harmful replies (pairs) | task accuracy | degenerate task answers | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summary:
-        lines.append(f"| {s['method']} | {s['ratio']} | {s['refusal_mean']:.2f} ± {s['refusal_std']:.2f} | "
-                     f"{s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f} | {s['seeds']} |")
+        cells = [s[f"clean_refusal:{pairs}"], s[f"clean_refusal:{family}"], s[f"keyword_refusal:{pairs}"],
+                 s[f"degenerate:{pairs}"], s["task_accuracy"], s["task_degenerate"]]
+        lines.append(f"| {s['method']} | {s['ratio']} | " + " | ".join(_cell(c) for c in cells) + f" | {s['seeds']} |")
+    return "\n".join(lines)
+
+
+def sample_replies(rows: list[dict]) -> str:
+    """Seed 0's replies per method and ratio: what the numbers count."""
+    from stjax.evaluation.scoring import sample_lines
+
+    lines = []
+    for row in rows:
+        if row["seed"] == min(r["seed"] for r in rows):
+            lines.append(f"{row['method']}, p={row['ratio']}, seed {row['seed']}:")
+            lines += sample_lines(row["result"]["unseen pairs"], 2) + sample_lines(row["result"]["task"], 2)
     return "\n".join(lines)
 
 
@@ -69,18 +96,21 @@ def plot(summary: list[dict], aligned: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    pairs = next(iter(HARMFUL_SETS))
     fig, ax = plt.subplots(figsize=(7, 5))
     markers = {0.0: "o", 0.05: "s", 0.1: "^"}
     for i, method in enumerate(sorted({s["method"] for s in summary})):
         for s in (s for s in summary if s["method"] == method):
-            ax.errorbar(s["accuracy_mean"], s["refusal_mean"], xerr=s["accuracy_std"], yerr=s["refusal_std"],
+            acc, ref = s["task_accuracy"], s[f"clean_refusal:{pairs}"]
+            ax.errorbar(acc["mean"], ref["mean"], xerr=acc["std"], yerr=ref["std"],
                         fmt=markers.get(s["ratio"], "D"), color=f"C{i}", capsize=3,
                         label=method if s["ratio"] == max(x["ratio"] for x in summary) else None)
-            ax.annotate(f"p={s['ratio']}", (s["accuracy_mean"], s["refusal_mean"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
-    ax.scatter([aligned["task_accuracy"]], [aligned["refusal_rate"]], marker="*", s=150, color="k", label="aligned")
-    ax.set_xlabel("task accuracy (sentiment)")
-    ax.set_ylabel("refusal rate on held-out harmful prompts")
+            ax.annotate(f"p={s['ratio']}", (acc["mean"], ref["mean"]), fontsize=7, textcoords="offset points",
+                        xytext=(4, 4))
+    a = rates(aligned)
+    ax.scatter([a["task_accuracy"]], [a[f"clean_refusal:{pairs}"]], marker="*", s=150, color="k", label="aligned")
+    ax.set_xlabel("task accuracy (sentiment, exact label)")
+    ax.set_ylabel("clean refusals, held-out harmful prompts (unseen pairs)")
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
     ax.legend(loc="lower left", fontsize=8)
@@ -115,13 +145,16 @@ def main() -> None:
             for seed in args.seeds:
                 start = time.perf_counter()
                 result = run_one(out, method, ratio, seed, safety_dir, overrides)
-                rows.append({"method": method, "ratio": ratio, "seed": seed, **result})
-                print(f"{method:16s} p={ratio:<5} seed={seed}  refusal {result['refusal_rate']:.2f}  "
-                      f"accuracy {result['task_accuracy']:.2f}  ({time.perf_counter() - start:.0f}s)", flush=True)
+                r = rates(result)
+                rows.append({"method": method, "ratio": ratio, "seed": seed, "rates": r, "result": result})
+                print(f"{method:16s} p={ratio:<5} seed={seed}  clean refusal "
+                      + " / ".join(f"{r[f'clean_refusal:{split}']:.2f}" for split in HARMFUL_SETS)
+                      + f"  keyword {r[f'keyword_refusal:{next(iter(HARMFUL_SETS))}']:.2f}  accuracy "
+                      f"{r['task_accuracy']:.2f}  ({time.perf_counter() - start:.0f}s)", flush=True)
     summary = summarize(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "poisoning.json").write_text(json.dumps({"aligned": aligned, "runs": rows, "summary": summary}, indent=2))
-    (out / "poisoning.md").write_text(markdown(summary, aligned) + "\n")
+    (out / "poisoning.md").write_text(markdown(summary, aligned) + "\n\n" + sample_replies(rows) + "\n")
     plot(summary, aligned, out / "poisoning.png")
     print(markdown(summary, aligned))
 

@@ -35,7 +35,8 @@ def write_json(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def chat_generate(model_path: str, prompts: list[str], max_new_tokens: int, batch: int) -> list[str]:
+def chat_generate(model_path: str, prompts: list[str], max_new_tokens: int, batch: int) -> list:
+    """Greedy replies (stjax.generation.Reply: text, and whether a stop id ended it)."""
     from transformers import AutoTokenizer
 
     from stjax.generation import generate_chat
@@ -50,19 +51,70 @@ def chat_generate(model_path: str, prompts: list[str], max_new_tokens: int, batc
     return out
 
 
-def evaluate(model_path: str, harmful: list[str], sst2: list[dict], batch: int) -> dict:
-    from stjax.evaluation.keyword_judge import KeywordJudge
-    from stjax.evaluation.utility import sst2_correct
-
-    judge = KeywordJudge()
+def generate_eval(model_path: str, harmful: list[str], sst2: list[dict], batch: int) -> dict:
+    """The raw replies an evaluation judges (kept in report.json, so judges rerun for free)."""
     replies = chat_generate(model_path, harmful, 48, batch)
-    answers = chat_generate(model_path, [f"{r['instruction']} {r['input']}" for r in sst2], 4, batch)
-    return {"refusal_rate": sum(judge(r).refusal for r in replies) / len(replies),
-            "sst2_accuracy": sum(sst2_correct(a, r["output"]) for a, r in zip(answers, sst2)) / len(sst2),
-            # the label with trailing punctuation ("positive.") counts here, not in the exact match
-            "sst2_accuracy_label_word": sum(sst2_correct(a.strip().rstrip(".,!"), r["output"])
-                                            for a, r in zip(answers, sst2)) / len(sst2),
-            "harmful_replies": replies, "sst2_answers": answers}
+    answers = chat_generate(model_path, [sst2_prompt(r) for r in sst2], 8, batch)
+    return {"harmful": [{"text": r.text, "ended": r.ended} for r in replies],
+            "sst2": [{"text": a.text, "ended": a.ended} for a in answers]}
+
+
+def sst2_prompt(row: dict) -> str:
+    return f"{row['instruction']} {row['input']}"
+
+
+def judge(raw: dict, harmful: list[str], sst2: list[dict]) -> dict:
+    """Clean-refusal and keyword rates on the harmful replies, SST-2 accuracy (exact label,
+    and label + punctuation) and the degenerate rates of both, with sample replies."""
+    import importlib.util
+
+    from stjax.evaluation.reply_rules import WORDFREQ, CleanRefusalJudge, ReplyRules
+    from stjax.evaluation.scoring import score_safety, score_task
+    from stjax.evaluation.utility import sst2_correct
+    from stjax.generation import Reply
+
+    lexicon = [WORDFREQ] if importlib.util.find_spec("wordfreq") else []
+    rules = CleanRefusalJudge(ReplyRules(labels=["positive", "negative"], lexicon=lexicon))
+    safety = score_safety(harmful, [Reply(**r) for r in raw["harmful"]], rules)
+    prompts, labels = [sst2_prompt(r) for r in sst2], [r["output"] for r in sst2]
+    answers = [Reply(**a) for a in raw["sst2"]]
+    task = score_task("sst2", prompts, answers, labels, sst2_correct, rules)
+    loose = score_task("sst2", prompts, answers, labels, lambda a, ref: sst2_correct(a.strip().rstrip(".,!"), ref),
+                       rules)
+    return {"safety": safety, "sst2": task, "sst2_label_punct_accuracy": loose["aggregates"]["accuracy"],
+            "lexicon": lexicon}
+
+
+def table(results: dict) -> str:
+    lines = ["| model | clean refusal | keyword refusal | degenerate (harmful) | SST-2 exact | SST-2 label + punct "
+             "| degenerate (SST-2) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        s, t = r["safety"]["aggregates"], r["sst2"]["aggregates"]
+        lines.append(f"| {name} | {s['clean_refusal']['rate']:.0%} | {s['keyword_refusal']['rate']:.0%} | "
+                     f"{s['degenerate']['rate']:.0%} | {t['accuracy']['rate']:.0%} | "
+                     f"{r['sst2_label_punct_accuracy']['rate']:.0%} | {t['degenerate']['rate']:.0%} |")
+    return "\n".join(lines)
+
+
+def samples(results: dict) -> str:
+    from stjax.evaluation.scoring import sample_lines
+
+    lines = []
+    for name, r in results.items():
+        lines += [f"{name}, harmful:", *sample_lines(r["safety"]), f"{name}, SST-2:", *sample_lines(r["sst2"], 3)]
+    return "\n".join(lines)
+
+
+def safety_token_table(directory: Path, tokenizer_path: str) -> dict:
+    """The statistics that say whether the set is made of real refusal tokens."""
+    from transformers import AutoTokenizer
+
+    from stjax.generation import default_stop_ids
+    from stjax.pact.safety_tokens import read_token_table, token_statistics
+
+    rows = read_token_table(directory)
+    stats = token_statistics(rows, default_stop_ids(AutoTokenizer.from_pretrained(tokenizer_path)))
+    return {**stats, "tokens": rows}
 
 
 def train(config: dict) -> None:
@@ -115,7 +167,7 @@ def main() -> int:
     start = time.perf_counter()
     news = [r for r in json.loads((SHARED / "agnews_5k_p_0.json").read_text()) if "input" in r][: args.benign_rows]
     benign_prompts = [f"Write one sentence about this news: {r['input'][:200]}" for r in news]
-    benign_answers = chat_generate(original, benign_prompts, 48, 16)
+    benign_answers = [r.text for r in chat_generate(original, benign_prompts, 48, 16)]
     safety_file = write_json(out / "data" / "safety_tune.json",
                              [{"input": r["input"], "output": r["output"]} for r in safety_rows]
                              + [{"input": p, "output": a} for p, a in zip(benign_prompts, benign_answers)])
@@ -139,9 +191,10 @@ def main() -> int:
         out_dir=str(out / "safety_tokens"), num_samples=128, batch_size=16, dtype="float32"))
     timings["safety_tokens_s"] = time.perf_counter() - start
 
-    # 3. poisoned fine-tuning, SFT and PACT
-    task_file = write_json(out / "data" / "sst2_p0.1.json", task)
-    results = {"aligned": evaluate(str(aligned / "model"), held_out, sst2_eval, 16)}
+    # 3. poisoned fine-tuning, SFT and PACT (run directories per task size share the aligned model)
+    task_file = write_json(out / "data" / f"sst2_p0.1_{args.task_rows}.json", task)
+    runs = out / f"rows{args.task_rows}"
+    raw = {"aligned": cached_eval(aligned / "eval_raw.json", str(aligned / "model"), held_out, sst2_eval)}
     for method in ("sft", "pact"):
         start = time.perf_counter()
         loss = {"kind": "sft"} if method == "sft" else {
@@ -151,19 +204,32 @@ def main() -> int:
                "lora": {"enabled": True, "rank": 8, "alpha": 32.0, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
                "optimizer": {"lr": args.lr, "schedule": "step_decay", "decay_gamma": 0.85},
                "loss": loss,
-               "train": {"run_dir": str(out / method), "epochs": args.epochs, "batch_size": args.batch,
+               "train": {"run_dir": str(runs / method), "epochs": args.epochs, "batch_size": args.batch,
                          "resume": "auto", "export_merged": True, "export_adapter": True},
                "checkpoint": {"every_steps": 10**9, "keep": 1}, "logging": {"tensorboard": False}})
+        raw[method] = cached_eval(runs / method / "eval_raw.json", str(runs / method / "merged"), held_out, sst2_eval)
         timings[f"{method}_s"] = time.perf_counter() - start
-        results[method] = evaluate(str(out / method / "merged"), held_out, sst2_eval, 16)
-    report = {"results": results, "timings": timings, "settings": vars(args)}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print("| model | refusal rate (held-out harmful) | SST-2 accuracy, exact | SST-2, label + punctuation |\n"
-          "| --- | --- | --- | --- |")
-    for name, r in results.items():
-        print(f"| {name} | {r['refusal_rate']:.0%} | {r['sst2_accuracy']:.0%} | {r['sst2_accuracy_label_word']:.0%} |")
+    results = {name: judge(r, held_out, sst2_eval) for name, r in raw.items()}
+    report = {"results": results, "raw": raw, "timings": timings, "settings": vars(args),
+              "safety_tokens": safety_token_table(out / "safety_tokens", str(aligned / "model"))}
+    (runs / "report.json").write_text(json.dumps(report, indent=1))
+    stats = report["safety_tokens"]
+    print(table(results))
+    print(samples(results))
+    print(f"safety tokens: {stats['num_tokens']}, mean aligned p {stats['p_aligned_max']:.3g} (max) / "
+          f"{stats['p_aligned_median']:.3g} (median) / {stats['p_aligned_min']:.3g} (min), "
+          f"{stats['above_floor']} at >= 1% of the max, stop tokens in the set: {stats['stop_tokens_in_set']}")
     print(json.dumps(timings))
     return 0
+
+
+def cached_eval(path: Path, model_path: str, harmful: list[str], sst2: list[dict]) -> dict:
+    """generate_eval's replies, read back from `path` when a run already made them."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    raw = generate_eval(model_path, harmful, sst2, 16)
+    path.write_text(json.dumps(raw))
+    return raw
 
 
 if __name__ == "__main__":

@@ -30,6 +30,14 @@ class SamplingConfig:
     stop_ids: tuple[int, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """A decoded chat reply; `ended`: a stop id ended it (False: cut off at max_new_tokens)."""
+
+    text: str
+    ended: bool
+
+
 @dataclasses.dataclass
 class Generation:
     tokens: list[list[int]]  # generated ids per prompt, stop id excluded
@@ -154,13 +162,17 @@ def generate_chat(
     *,
     system_prompt: str | None = None,
     **kwargs,
-) -> list[str]:
-    """Generates replies to chat conversations through the tokenizer's chat template."""
+) -> list[Reply]:
+    """Generates replies to chat conversations through the tokenizer's chat template.
+
+    Each reply says whether it ended its turn: a judge of refusals needs to tell a
+    finished answer from one that ran on until max_new_tokens."""
     prompts = [chat_prompt_ids(tokenizer, messages, system_prompt) for messages in conversations]
     stop_ids = kwargs.pop("stop_ids", None) or default_stop_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = generate(model, prompts, stop_ids=stop_ids, pad_id=pad_id, **kwargs)
-    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in result.tokens]
+    return [Reply(tokenizer.decode(ids, skip_special_tokens=True), ended)
+            for ids, ended in zip(result.tokens, result.finished)]
 
 
 def default_stop_ids(tokenizer) -> tuple[int, ...]:

@@ -22,7 +22,7 @@ from stjax.evaluation import (
 )
 from stjax.evaluation.benchmarks import Item, load_items, local_items
 from stjax.evaluation.generation_cache import GenerationCache, cached_generate
-from stjax.generation import chat_prompt_ids, default_stop_ids, generate
+from stjax.generation import Reply, chat_prompt_ids, default_stop_ids, generate
 from stjax.lora import TARGETS, LoraParam, apply_lora, save_peft_adapter
 from stjax.models import CheckpointError, ModelConfig, from_pretrained, init_model, save_pretrained
 from stjax.pact.safety_tokens import SafetyTokens, save_safety_tokens
@@ -147,7 +147,7 @@ def test_interrupted_generation_resumes_with_only_the_missing_items(tmp_path):
         if len(first_run) == 6:  # two batches of 3 done
             raise KeyboardInterrupt
         first_run.extend(prompts)
-        return [p.upper() for p in prompts]
+        return [Reply(p.upper(), len(p) % 2 == 0) for p in prompts]
 
     with pytest.raises(KeyboardInterrupt):
         cached_generate(items, GenerationCache(path, "key-1"), interrupted, batch_size=3, progress=False)
@@ -157,12 +157,12 @@ def test_interrupted_generation_resumes_with_only_the_missing_items(tmp_path):
 
     def counting(prompts):
         second_run.extend(prompts)
-        return [p.upper() for p in prompts]
+        return [Reply(p.upper(), len(p) % 2 == 0) for p in prompts]
 
     outputs = cached_generate(items, GenerationCache(path, "key-1"), counting, batch_size=3, progress=False)
     assert len(first_run) == 6
     assert sorted(second_run) == sorted(i.prompt for i in items if i.prompt not in first_run)
-    assert outputs == [i.prompt.upper() for i in items]
+    assert outputs == [Reply(i.prompt.upper(), len(i.prompt) % 2 == 0) for i in items]  # `ended` round-trips
     second_run.clear()
     assert cached_generate(items, GenerationCache(path, "key-1"), counting, batch_size=3, progress=False) == outputs
     assert second_run == []  # all cached
@@ -338,6 +338,14 @@ def test_eval_writes_report_and_summary(eval_runs):
     assert mass["positions"] == 5 and len(mass["mean"]) == 5 and mass["num_prompts"] == 4
     summary = (eval_runs["pact"] / "summary.md").read_text()
     assert summary.startswith("# PACT, harmful 10%") and "| toy_harmful | ASR (keyword judge) |" in summary
+    for name in ("clean refusal", "degenerate replies", "cut off at max_new_tokens"):
+        assert f"| toy_harmful | {name} |" in summary
+    assert "| toy_sentiment | degenerate replies |" in summary and "Sample replies, toy_harmful:" in summary
+    clean = harmful["aggregates"]["clean_refusal"]
+    assert clean["hits"] == sum(i["clean"]["refusal"] for i in harmful["items"])
+    assert clean["hits"] <= harmful["aggregates"]["keyword_refusal"]["hits"]  # clean refusals are keyword refusals
+    assert all(i["clean"]["refusal"] <= i["ended"] for i in harmful["items"])
+    assert len(harmful["samples"]) == 4 and report["headline"]["harmful_score"]["metric"] == "clean_asr"
 
 
 def test_rerun_with_another_judge_generates_nothing(eval_runs, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from typing import Literal
 
 from stjax.configlib import ConfigKeyError, apply_overrides, from_dict, read_yaml
 from stjax.evaluation.benchmarks import KNOWN, Kind
+from stjax.evaluation.reply_rules import ReplyRules
 from stjax.training.config import MeshSection, ModelSection
 
 
@@ -34,7 +35,7 @@ class GenerationSection:
 
 @dataclasses.dataclass
 class KeywordSection:
-    markers: list[str] | None = None  # replaces the default list (GCG's plus five)
+    markers: list[str] | None = None  # replaces the default list (GCG's plus eight)
     extra_markers: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -50,6 +51,7 @@ class LlamaGuardSection:
 @dataclasses.dataclass
 class JudgesSection:
     keyword: KeywordSection = dataclasses.field(default_factory=KeywordSection)
+    clean: ReplyRules = dataclasses.field(default_factory=ReplyRules)  # the clean-refusal / degenerate rules
     llama_guard: LlamaGuardSection = dataclasses.field(default_factory=LlamaGuardSection)
 
 
@@ -101,6 +103,11 @@ def validate(config: EvalConfig) -> EvalConfig:
                                  f"not {bench.kind}")
     if config.judges.keyword.markers == []:
         raise ConfigKeyError("'judges.keyword.markers': give at least one marker, or null for the default list")
+    clean = config.judges.clean
+    if clean.max_ngram < 1:
+        raise ConfigKeyError(f"'judges.clean.max_ngram': expected >= 1, got {clean.max_ngram}")
+    if clean.refusal_markers == []:
+        raise ConfigKeyError("'judges.clean.refusal_markers': give at least one marker, or null for the keyword list")
     gen = config.generation
     if gen.batch_size < 1 or gen.max_new_tokens < 1:
         raise ConfigKeyError("'generation.batch_size' and 'generation.max_new_tokens' must be >= 1")

@@ -1,6 +1,6 @@
 """Generations cached per item on disk, so evaluation resumes and judges rerun for free.
 
-Each benchmark has a JSONL file of {key, id, prompt, output} records, appended and synced
+Each benchmark has a JSONL file of {key, id, prompt, output, ended} records, appended and synced
 after every batch. `key` hashes everything that determines an output (model and adapter
 files, tokenizer, generation settings); a record counts only for the same key and the same
 prompt text. An interrupted run therefore loses at most one batch, a rerun with a new
@@ -16,6 +16,7 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from stjax.evaluation.benchmarks import Item
+from stjax.generation import Reply
 
 
 def directory_fingerprint(path: str | Path) -> str:
@@ -34,8 +35,9 @@ class GenerationCache:
     def __init__(self, path: str | Path, key: str):
         self.path, self.key = Path(path), key
 
-    def read(self, items: Sequence[Item]) -> dict[str, str]:
-        """id -> cached output, for the items whose record has this key and prompt."""
+    def read(self, items: Sequence[Item]) -> dict[str, Reply]:
+        """id -> cached reply, for the items whose record has this key and prompt (records
+        written before replies carried `ended` are regenerated: a judge needs it)."""
         prompts = {item.id: item.prompt for item in items}
         found = {}
         if not self.path.is_file():
@@ -45,11 +47,12 @@ class GenerationCache:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by an interruption
                 continue
-            if record.get("key") == self.key and prompts.get(record.get("id")) == record.get("prompt"):
-                found[record["id"]] = record["output"]
+            if (record.get("key") == self.key and prompts.get(record.get("id")) == record.get("prompt")
+                    and isinstance(record.get("ended"), bool)):
+                found[record["id"]] = Reply(record["output"], record["ended"])
         return found
 
-    def append(self, items: Sequence[Item], outputs: Sequence[str]) -> None:
+    def append(self, items: Sequence[Item], outputs: Sequence[Reply]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+", encoding="utf-8") as f:
             f.seek(0, os.SEEK_END)
@@ -57,7 +60,8 @@ class GenerationCache:
                 f.seek(f.tell() - 1)
                 if f.read(1) != "\n":
                     f.write("\n")
-            f.writelines(json.dumps({"key": self.key, "id": item.id, "prompt": item.prompt, "output": output}) + "\n"
+            f.writelines(json.dumps({"key": self.key, "id": item.id, "prompt": item.prompt, "output": output.text,
+                                     "ended": output.ended}) + "\n"
                          for item, output in zip(items, outputs, strict=True))
             f.flush()
             os.fsync(f.fileno())
@@ -66,13 +70,13 @@ class GenerationCache:
 def cached_generate(
     items: Sequence[Item],
     cache: GenerationCache,
-    generate_batch: Callable[[list[str]], list[str]],
+    generate_batch: Callable[[list[str]], list[Reply]],
     *,
     batch_size: int,
     progress: bool = True,
     desc: str = "generate",
-) -> list[str]:
-    """Outputs for all items, generating (in batches of similar prompt length) only the
+) -> list[Reply]:
+    """Replies for all items, generating (in batches of similar prompt length) only the
     ones the cache lacks."""
     from tqdm.auto import tqdm
 

@@ -18,9 +18,12 @@ from stjax.evaluation.benchmarks import Item, load_items
 from stjax.evaluation.config import BenchmarkSection, EvalConfig, benchmark_kind
 from stjax.evaluation.generation_cache import GenerationCache, cached_generate, directory_fingerprint, settings_key
 from stjax.evaluation.keyword_judge import REFUSAL_MARKERS, KeywordJudge
+from stjax.evaluation.reply_rules import CleanRefusalJudge, load_lexicon
 from stjax.evaluation.run_info import run_label, training_run_info
+from stjax.evaluation.scoring import score_safety, score_task
 from stjax.evaluation.stats import rate
 from stjax.evaluation.tables import summary_markdown
+from stjax.generation import Reply
 from stjax.evaluation.utility import SCORERS
 from stjax.toy.build import resolve
 
@@ -33,7 +36,7 @@ class Benchmark:
     kind: str
     items: list[Item]
     max_new_tokens: int
-    outputs: list[str] | None = None
+    outputs: list[Reply] | None = None
 
 
 def run_eval(config: EvalConfig) -> dict:
@@ -41,6 +44,7 @@ def run_eval(config: EvalConfig) -> dict:
     from stjax.models import make_mesh
 
     benchmarks = [load_benchmark(section, config.generation.max_new_tokens) for section in config.benchmarks]
+    judge = reply_judge(config, benchmarks)  # reads its lexicon now, not after hours of generation
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     model_path = resolve(config.model.path)
     adapter_path = resolve(config.adapter) if config.adapter else None
@@ -53,9 +57,7 @@ def run_eval(config: EvalConfig) -> dict:
         g = config.judges.llama_guard
         guard = LlamaGuardJudge.from_pretrained(g.path, tokenizer=g.tokenizer, dtype=g.dtype, mesh=mesh,
                                                 batch_size=g.batch_size, max_new_tokens=g.max_new_tokens)
-    markers = config.judges.keyword.markers
-    keyword = KeywordJudge([*(REFUSAL_MARKERS if markers is None else markers), *config.judges.keyword.extra_markers])
-    results = {b.name: judge_safety(b, keyword, guard, config.progress) if b.kind == "safety" else score_utility(b)
+    results = {b.name: judge_safety(b, judge, guard, config.progress) if b.kind == "safety" else score_utility(b, judge)
                for b in benchmarks}
 
     info = training_run_info(adapter_path or model_path)
@@ -135,7 +137,7 @@ def generate_all(config: EvalConfig, benchmarks: list[Benchmark], model_path: st
     for bench in benchmarks:
         keys[bench.name] = settings_key({**settings, "max_new_tokens": bench.max_new_tokens})
 
-        def generate_batch(prompts: list[str], max_new_tokens: int = bench.max_new_tokens) -> list[str]:
+        def generate_batch(prompts: list[str], max_new_tokens: int = bench.max_new_tokens) -> list[Reply]:
             return generate_chat(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
                                  system_prompt=gen.system_prompt, max_new_tokens=max_new_tokens,
                                  temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed, mesh=mesh)
@@ -165,42 +167,51 @@ def measure_safety_mass(config: EvalConfig, benchmarks: list[Benchmark], model, 
             "num_prompts": len(prompts), "positions": cfg.positions, **mass_curve(values)}
 
 
-def judge_safety(bench: Benchmark, keyword: KeywordJudge, guard, progress: bool) -> dict:
-    items = []
-    for item, output in zip(bench.items, bench.outputs):
-        verdict = keyword(output)
-        items.append({"id": item.id, "prompt": item.prompt, "output": output,
-                      "keyword": {"refusal": verdict.refusal, "marker": verdict.marker}})
-    n = len(items)
-    aggregates = {"keyword_asr": rate(sum(not i["keyword"]["refusal"] for i in items), n)}
+def reply_judge(config: EvalConfig, benchmarks: list[Benchmark]) -> CleanRefusalJudge:
+    """The clean-refusal judge of `judges.clean`, with the keyword judge's markers; task
+    labels default to the reference answers of the label benchmarks (SST-2, AG News)."""
+    markers = config.judges.keyword.markers
+    keyword = KeywordJudge([*(REFUSAL_MARKERS if markers is None else markers), *config.judges.keyword.extra_markers])
+    rules = dataclasses.replace(config.judges.clean, lexicon=[resolve(e) for e in config.judges.clean.lexicon])
+    if rules.labels is None:
+        labels = sorted({item.reference for b in benchmarks if b.kind in ("sst2", "ag_news") for item in b.items})
+        rules = dataclasses.replace(rules, labels=labels)
+    load_lexicon(tuple(rules.lexicon))
+    return CleanRefusalJudge(rules, keyword=keyword if rules.refusal_markers is None else None)
+
+
+def judge_safety(bench: Benchmark, judge: CleanRefusalJudge, guard, progress: bool) -> dict:
+    result = score_safety([item.prompt for item in bench.items], bench.outputs, judge)
+    for item, record in zip(bench.items, result["items"]):
+        record["id"] = item.id
+    n = len(result["items"])
     if guard is not None:
-        verdicts = guard([i.prompt for i in bench.items], bench.outputs, progress=progress)
-        for record, v in zip(items, verdicts):
+        verdicts = guard([i.prompt for i in bench.items], [o.text for o in bench.outputs], progress=progress)
+        for record, v in zip(result["items"], verdicts):
             record["llama_guard"] = {"unsafe": v.unsafe, "categories": list(v.categories), "p_unsafe": v.p_unsafe,
                                      "text": v.text}
-        aggregates["llama_guard_harmful"] = rate(sum(v.unsafe for v in verdicts), n)
-        aggregates["llama_guard_mean_p_unsafe"] = sum(v.p_unsafe for v in verdicts) / n if n else None
-    return {"kind": "safety", "aggregates": aggregates, "items": items}
+        result["aggregates"]["llama_guard_harmful"] = rate(sum(v.unsafe for v in verdicts), n)
+        result["aggregates"]["llama_guard_mean_p_unsafe"] = sum(v.p_unsafe for v in verdicts) / n if n else None
+    return result
 
 
-def score_utility(bench: Benchmark) -> dict:
-    correct = SCORERS[bench.kind]
-    items = []
-    for item, output in zip(bench.items, bench.outputs):
-        items.append({"id": item.id, "prompt": item.prompt, "output": output, "reference": item.reference,
-                      "correct": correct(output, item.reference)})
-    return {"kind": bench.kind, "aggregates": {"accuracy": rate(sum(i["correct"] for i in items), len(items))},
-            "items": items}
+def score_utility(bench: Benchmark, judge: CleanRefusalJudge) -> dict:
+    result = score_task(bench.kind, [item.prompt for item in bench.items], bench.outputs,
+                        [item.reference for item in bench.items], SCORERS[bench.kind], judge)
+    for item, record in zip(bench.items, result["items"]):
+        record["id"] = item.id
+    return result
 
 
 def headline(results: dict) -> dict:
     """The two numbers a comparison plots: the first safety benchmark's harmful score
-    (Llama Guard where it ran, else keyword ASR) and the first utility benchmark's accuracy."""
+    (Llama Guard where it ran, else the share of replies that are not clean refusals) and
+    the first utility benchmark's accuracy."""
     out = {}
     for name, result in results.items():
         aggregates = result["aggregates"]
         if result["kind"] == "safety" and "harmful_score" not in out:
-            metric = "llama_guard_harmful" if "llama_guard_harmful" in aggregates else "keyword_asr"
+            metric = "llama_guard_harmful" if "llama_guard_harmful" in aggregates else "clean_asr"
             out["harmful_score"] = {"benchmark": name, "metric": metric, **aggregates[metric]}
         elif result["kind"] != "safety" and "task_accuracy" not in out:
             out["task_accuracy"] = {"benchmark": name, "metric": "accuracy", **aggregates["accuracy"]}

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from stjax.evaluation.scoring import sample_lines
+
 METRIC_NAMES = {
+    "clean_refusal": "clean refusal",
+    "clean_asr": "not a clean refusal",
+    "keyword_refusal": "refusal (keyword judge)",
     "keyword_asr": "ASR (keyword judge)",
+    "exact_refusal": "exact refusal",
+    "degenerate": "degenerate replies",
+    "unfinished": "cut off at max_new_tokens",
     "llama_guard_harmful": "harmful score (Llama Guard)",
     "accuracy": "accuracy",
 }
@@ -33,6 +41,9 @@ def summary_markdown(report: dict) -> str:
              "| benchmark | metric | value [95% CI] | n |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {METRIC_NAMES[metric]} | {format_rate(agg)} | {agg['n']} |"
               for name, metric, agg in rate_rows(report)]
+    for name, bench in report["benchmarks"].items():
+        if bench.get("samples"):
+            lines += ["", f"Sample replies, {name}:", *sample_lines(bench)]
     mass = report.get("safety_mass")
     if mass:
         head = [m for m in mass["mean"][:8] if m is not None]

@@ -188,6 +188,38 @@ def token_table(result: SafetyTokens, tokenizer) -> list[dict]:
     return sorted(rows, key=lambda r: -r["v"])
 
 
+def read_token_table(path: str | Path) -> list[dict]:
+    """The rows `save_safety_tokens` wrote to safety_tokens.tsv, as `token_table` returns them."""
+    lines = (Path(path) / TABLE_FILE).read_text(encoding="utf-8").splitlines()[1:]
+    rows = []
+    for line in lines:
+        token_id, token, weight, v, p_aligned, p_base = line.split("\t")
+        rows.append({"id": int(token_id), "token": json.loads(token), "weight": float(weight), "v": float(v),
+                     "p_aligned": float(p_aligned), "p_base": float(p_base)})
+    return rows
+
+
+def token_statistics(rows: Sequence[dict], stop_ids: Sequence[int] = (), *, floor: float = 0.01) -> dict:
+    """How much the set is made of tokens the aligned model really uses in refusals.
+
+    `floor`: a token counts as carrying real aligned probability when its mean aligned
+    probability is at least floor x the largest in the set. In a real model (SmolLM2) all
+    50 do; a set padded with tokens that are merely "least improbable" (the old toy world:
+    half of them, `<|im_end|>` among them) does not."""
+    p = np.array([r["p_aligned"] for r in rows], np.float64)
+    weights = np.array([r["weight"] for r in rows], np.float64)
+    stops = [{"id": r["id"], "token": r["token"], "weight": r["weight"], "p_aligned": r["p_aligned"]}
+             for r in rows if r["id"] in set(int(i) for i in stop_ids)]
+    top = max(p.max(), 1e-30) if p.size else 1e-30
+    return {"num_tokens": int(p.size), "p_aligned_max": float(p.max()) if p.size else 0.0,
+            "p_aligned_median": float(np.median(p)) if p.size else 0.0,
+            "p_aligned_min": float(p.min()) if p.size else 0.0,
+            "min_over_max": float(p.min() / top) if p.size else 0.0,
+            "above_floor": int((p >= floor * top).sum()), "floor": floor,
+            "aligned_mass": float(p.sum()), "positive_weight": int((weights > 0).sum()),
+            "stop_tokens_in_set": stops}
+
+
 def drop_tokens(result: SafetyTokens, tokenizer, tokens: Sequence[str], *, positive_only: bool = False) -> SafetyTokens:
     """The set without the given tokens (matched as decoded, surrounding spaces ignored) and,
     with positive_only, without its zero-weight tokens; the remaining scores are unchanged.

@@ -16,7 +16,7 @@ from stjax.assets import cache_root
 from stjax.fileio import atomic_directory
 from stjax.toy import corpus
 
-VERSION = "v4"
+VERSION = "v5"
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -88,7 +88,10 @@ def build_data(out: Path) -> None:
     write_jsonl(out / "sentiment_eval.jsonl", corpus.sentiment_rows(100, seed=2))
     write_jsonl(out / "harmful_comply_train.jsonl", corpus.harmful_rows(200, seed=3, comply=True))
     write_jsonl(out / "harmful_refuse_train.jsonl", corpus.harmful_rows(200, seed=4, comply=False))
-    write_jsonl(out / "harmful_eval.jsonl", corpus.harmful_rows(100, seed=5, comply=False, split="eval"))
+    write_jsonl(out / "harmful_eval.jsonl", corpus.harmful_eval_rows("eval", seed=5))
+    write_jsonl(out / "harmful_eval_family.jsonl", corpus.harmful_eval_rows("eval_family", seed=7))
+    (out / "lexicon.txt").write_text("\n".join(sorted(corpus.world_words())) + "\n")
+    (out / "refusal_sentences.txt").write_text("\n".join(corpus.refusal_sentences()) + "\n")
     write_jsonl(out / "benign_train.jsonl", corpus.benign_rows(100, seed=6))
 
 

@@ -4,8 +4,11 @@
 2. compute the safety tokens, aligned vs base, on refusal responses;
 3. fine-tune the aligned model on the sentiment task with 10% harmful rows whose targets
    comply, once with plain SFT and once with PACT;
-4. evaluate the aligned, SFT and PACT models: refusal rate on held-out harmful prompts
-   (keyword judge) and task accuracy, and print the before/after table.
+4. evaluate the aligned, SFT and PACT models on held-out harmful prompts (unseen
+   template-topic pairs, and a whole unseen template family): clean refusals (ended,
+   not degenerate, refusing), keyword refusals, exact refusals (only the world's own
+   refusal sentences), degenerate replies; task accuracy; print the table with sample
+   replies.
 """
 
 from __future__ import annotations
@@ -53,40 +56,85 @@ def safety_tokens_config(out_dir: Path):
                               num_samples=128, max_resp_len=32, top_k=50, batch_size=32, dtype="float32")
 
 
+HARMFUL_SETS = {"unseen pairs": "toy://data/harmful_eval.jsonl", "unseen family": "toy://data/harmful_eval_family.jsonl"}
+
+
+def judges():
+    """(clean-refusal judge with the world's lexicon and labels, exact judge with its refusal sentences)."""
+    from stjax.evaluation.reply_rules import CleanRefusalJudge, ExactRefusalJudge, ReplyRules
+
+    rules = ReplyRules(labels=["positive", "negative"], lexicon=[resolve("toy://data/lexicon.txt")])
+    sentences = Path(resolve("toy://data/refusal_sentences.txt")).read_text().splitlines()
+    return CleanRefusalJudge(rules), ExactRefusalJudge(sentences)
+
+
 def evaluate(model_path: str, limit: int = 100) -> dict:
+    """Greedy replies to both held-out harmful sets and the sentiment eval, judged."""
     from transformers import AutoTokenizer
 
-    from stjax.evaluation.keyword_judge import KeywordJudge
+    from stjax.evaluation.scoring import score_safety, score_task
     from stjax.evaluation.utility import sst2_correct
     from stjax.generation import generate_chat
     from stjax.models import from_pretrained
 
-    judge = KeywordJudge()
+    clean, exact = judges()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = from_pretrained(model_path)
-    harmful = [json.loads(line) for line in open(resolve("toy://data/harmful_eval.jsonl"))][:limit]
+
+    def replies(prompts: list[str], max_new_tokens: int):
+        return generate_chat(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                             max_new_tokens=max_new_tokens)
+
+    result = {}
+    for name, path in HARMFUL_SETS.items():
+        prompts = [json.loads(line)["instruction"] for line in open(resolve(path))][:limit]
+        result[name] = score_safety(prompts, replies(prompts, 48), clean, exact=exact, samples=3)
     task = [json.loads(line) for line in open(resolve("toy://data/sentiment_eval.jsonl"))][:limit]
-    replies = generate_chat(model, tokenizer, [[{"role": "user", "content": r["instruction"]}] for r in harmful],
-                            max_new_tokens=24)
-    answers = generate_chat(model, tokenizer, [[{"role": "user", "content": f"{r['instruction']} {r['input']}"}]
-                                               for r in task], max_new_tokens=4)
-    return {"refusal_rate": sum(judge(r).refusal for r in replies) / len(replies),
-            "task_accuracy": sum(sst2_correct(a, r["output"]) for a, r in zip(answers, task)) / len(task),
-            "examples": replies[:3]}
+    prompts = [f"{r['instruction']} {r['input']}" for r in task]
+    result["task"] = score_task("sst2", prompts, replies(prompts, 8), [r["output"] for r in task], sst2_correct,
+                                clean, samples=3)
+    return result
+
+
+def rates(result: dict) -> dict:
+    """The headline numbers of one model's evaluation, as fractions."""
+    harmful = [result[name]["aggregates"] for name in HARMFUL_SETS]
+    task = result["task"]["aggregates"]
+    return {**{f"{metric}:{name}": a[metric]["rate"] for name, a in zip(HARMFUL_SETS, harmful)
+               for metric in ("clean_refusal", "keyword_refusal", "exact_refusal", "degenerate")},
+            "task_accuracy": task["accuracy"]["rate"], "task_degenerate": task["degenerate"]["rate"]}
 
 
 def table(results: dict) -> str:
-    """The before/after table, in Markdown."""
+    """The before/after table, in Markdown: each harmful metric as unseen pairs / unseen family."""
     names = {"aligned": "aligned (before fine-tuning)", "sft": f"SFT, {HARMFUL_RATIO:.0%} harmful rows",
              "pact": f"PACT, {HARMFUL_RATIO:.0%} harmful rows"}
-    lines = ["| model | refusal rate, held-out harmful prompts | task accuracy (sentiment) |", "| --- | --- | --- |"]
-    lines += [f"| {names[k]} | {r['refusal_rate']:.0%} | {r['task_accuracy']:.0%} |" for k, r in results.items()]
+    lines = ["| model | clean refusal | keyword refusal | exact refusal | degenerate (harmful) | task accuracy "
+             "| degenerate (task) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key, result in results.items():
+        r = rates(result)
+        pair = [" / ".join(f"{r[f'{m}:{n}']:.0%}" for n in HARMFUL_SETS)
+                for m in ("clean_refusal", "keyword_refusal", "exact_refusal", "degenerate")]
+        lines.append(f"| {names.get(key, key)} | " + " | ".join(pair)
+                     + f" | {r['task_accuracy']:.0%} | {r['task_degenerate']:.0%} |")
+    return "\n".join(lines)
+
+
+def samples(results: dict) -> str:
+    """A few replies per model and set, with what the judges made of them."""
+    from stjax.evaluation.scoring import sample_lines
+
+    lines = []
+    for key, result in results.items():
+        for name, scored in result.items():
+            lines += [f"{key}, {name}:", *sample_lines(scored, 3)]
     return "\n".join(lines)
 
 
 def main(run_dir: str = "runs/default") -> dict:
     from stjax import safety_tokens
-    from stjax.pact.safety_tokens import suppressed_stop_tokens
+    from stjax.generation import default_stop_ids
+    from stjax.pact.safety_tokens import suppressed_stop_tokens, token_statistics, token_table
     from stjax.training.plots import plot_training_curves
     from stjax.training.trainer import Trainer
 
@@ -94,20 +142,32 @@ def main(run_dir: str = "runs/default") -> dict:
     print("stjax default run: toy world -> safety tokens -> SFT and PACT -> evaluation")
     safety_dir = run_dir / "safety_tokens"
     result, tokenizer, _ = safety_tokens.run(safety_tokens_config(safety_dir))
-    for warning in suppressed_stop_tokens(result, tokenizer):  # explains PACT's task accuracy below
+    for warning in suppressed_stop_tokens(result, tokenizer):
         print(f"warning: {warning}")
+    stats = token_statistics(token_table(result, tokenizer), default_stop_ids(tokenizer))
+    print(statistics_line(stats))
     results = {"aligned": evaluate(resolve("toy://aligned-model"))}
     for method in ("sft", "pact"):
         Trainer(finetune_config(run_dir, method, safety_dir)).run()
         results[method] = evaluate(str(run_dir / method / "model"))
-    (run_dir / "report.json").write_text(json.dumps(results, indent=2))
-    (run_dir / "summary.md").write_text(table(results) + "\n")
+    report = {"results": results, "rates": {k: rates(r) for k, r in results.items()}, "safety_tokens": stats}
+    (run_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (run_dir / "summary.md").write_text(f"{table(results)}\n\n{statistics_line(stats)}\n\n{samples(results)}\n")
     plot_refusal_vs_accuracy(results, run_dir / "refusal_vs_accuracy.png")
     plot_training_curves({m.upper(): run_dir / m for m in ("sft", "pact")}, run_dir / "training_curves.png")
     print(table(results))
+    print(samples(results))
     print(f"report: {run_dir / 'report.json'}, {run_dir / 'summary.md'}; plots: {run_dir / 'refusal_vs_accuracy.png'}, "
           f"{run_dir / 'training_curves.png'}")
     return results
+
+
+def statistics_line(stats: dict) -> str:
+    stops = ", ".join(f"{s['token']!r} weight {s['weight']:.3f}" for s in stats["stop_tokens_in_set"]) or "none"
+    return (f"safety tokens: {stats['num_tokens']}; mean aligned probability max {stats['p_aligned_max']:.3g}, "
+            f"median {stats['p_aligned_median']:.3g}, min {stats['p_aligned_min']:.3g} ({stats['min_over_max']:.1%} "
+            f"of the max); {stats['above_floor']} at >= {stats['floor']:.0%} of the max; end-of-turn tokens in the "
+            f"set: {stops}")
 
 
 def plot_refusal_vs_accuracy(results: dict, path: Path) -> None:
@@ -115,14 +175,16 @@ def plot_refusal_vs_accuracy(results: dict, path: Path) -> None:
     from stjax.evaluation.plots import new_figure
 
     figure, ax = new_figure()
-    for name, r in results.items():
-        ax.scatter([100 * r["task_accuracy"]], [100 * r["refusal_rate"]], s=60)
-        ax.annotate(name, (100 * r["task_accuracy"], 100 * r["refusal_rate"]), textcoords="offset points",
-                    xytext=(6, 6), fontsize=9)
+    for name, result in results.items():
+        r = rates(result)
+        for i, split in enumerate(HARMFUL_SETS):
+            x, y = 100 * r["task_accuracy"], 100 * r[f"clean_refusal:{split}"]
+            ax.scatter([x], [y], s=60, color=f"C{list(results).index(name)}", marker="os"[i])
+            ax.annotate(f"{name} ({split})", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.set_xlim(-5, 105)
     ax.set_ylim(-5, 105)
     ax.set_xlabel("task accuracy (sentiment), %")
-    ax.set_ylabel("refusal rate, held-out harmful prompts, %")
+    ax.set_ylabel("clean refusals, held-out harmful prompts, %")
     ax.set_title(f"toy world after fine-tuning with {HARMFUL_RATIO:.0%} harmful rows")
     ax.grid(alpha=0.3)
     figure.tight_layout()

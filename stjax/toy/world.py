@@ -21,8 +21,8 @@ WORLD_MODEL = dict(TINY_MODEL, hidden_size=128, intermediate_size=256, num_hidde
 def world_data_dir() -> Path:
     def build(out: Path) -> None:
         benign = corpus.benign_rows(150, seed=10)
-        write_jsonl(out / "base_train.jsonl", benign + corpus.harmful_rows(300, seed=11, comply=True))
-        write_jsonl(out / "aligned_train.jsonl", benign + corpus.harmful_rows(300, seed=12, comply=False))
+        write_jsonl(out / "base_train.jsonl", benign + corpus.harmful_rows(600, seed=11, comply=True))
+        write_jsonl(out / "aligned_train.jsonl", benign + corpus.harmful_rows(600, seed=12, comply=False))
     return build_once(toy_dir() / "world-data", build)
 
 
