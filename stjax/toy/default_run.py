@@ -175,12 +175,14 @@ def plot_refusal_vs_accuracy(results: dict, path: Path) -> None:
     from stjax.evaluation.plots import new_figure
 
     figure, ax = new_figure()
-    for name, result in results.items():
+    for k, (name, result) in enumerate(results.items()):
         r = rates(result)
         for i, split in enumerate(HARMFUL_SETS):
             x, y = 100 * r["task_accuracy"], 100 * r[f"clean_refusal:{split}"]
-            ax.scatter([x], [y], s=60, color=f"C{list(results).index(name)}", marker="os"[i])
-            ax.annotate(f"{name} ({split})", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+            ax.scatter([x], [y], s=60, color=f"C{k}", marker="os"[i], label=split if k == 0 else None,
+                       facecolors="none" if i else f"C{k}")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(8, -12 if y > 50 else 8), fontsize=9)
+    ax.legend(title="held-out harmful prompts", fontsize=8, loc="center right")
     ax.set_xlim(-5, 105)
     ax.set_ylim(-5, 105)
     ax.set_xlabel("task accuracy (sentiment), %")
