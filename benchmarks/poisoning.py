@@ -119,6 +119,42 @@ def plot(summary: list[dict], aligned: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def rejudge(out: Path) -> None:
+    """Scores the saved replies with today's judges: no model runs."""
+    from stjax.evaluation.scoring import score_safety, score_task
+    from stjax.evaluation.utility import sst2_correct
+    from stjax.generation import Reply
+    from stjax.toy.default_run import judges
+
+    clean, exact = judges()
+
+    def again(result: dict) -> dict:
+        new = {}
+        for name, scored in result.items():
+            items = scored["items"]
+            replies = [Reply(i["output"], i["ended"]) for i in items]
+            prompts = [i["prompt"] for i in items]
+            new[name] = (score_task("sst2", prompts, replies, [i["reference"] for i in items], sst2_correct, clean,
+                                    samples=3) if name == "task" else
+                         score_safety(prompts, replies, clean, exact=exact, samples=3))
+        return new
+
+    saved = json.loads((out / "poisoning.json").read_text())
+    aligned = again(saved["aligned"])
+    rows = [{**row, "result": again(row["result"])} for row in saved["runs"]]
+    rows = [{**row, "rates": rates(row["result"])} for row in rows]
+    write_outputs(out, aligned, rows)
+
+
+def write_outputs(out: Path, aligned: dict, rows: list[dict]) -> None:
+    summary = summarize(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "poisoning.json").write_text(json.dumps({"aligned": aligned, "runs": rows, "summary": summary}, indent=2))
+    (out / "poisoning.md").write_text(markdown(summary, aligned) + "\n\n" + sample_replies(rows) + "\n")
+    plot(summary, aligned, out / "poisoning.png")
+    print(markdown(summary, aligned))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/poisoning")
@@ -131,7 +167,11 @@ def main() -> None:
                         help="remove these tokens (as decoded, e.g. . ,) from the safety-token set")
     parser.add_argument("--positive-support", action="store_true",
                         help="keep only the safety tokens with a positive weight (the KL then ignores the rest)")
+    parser.add_argument("--rejudge", action="store_true",
+                        help="judge the replies saved in --out/poisoning.json again (after a judge changed)")
     args = parser.parse_args()
+    if args.rejudge:
+        return rejudge(Path(args.out))
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     out = Path(args.out)
     safety_dir = out / "safety_tokens"
@@ -151,12 +191,7 @@ def main() -> None:
                       + " / ".join(f"{r[f'clean_refusal:{split}']:.2f}" for split in HARMFUL_SETS)
                       + f"  keyword {r[f'keyword_refusal:{next(iter(HARMFUL_SETS))}']:.2f}  accuracy "
                       f"{r['task_accuracy']:.2f}  ({time.perf_counter() - start:.0f}s)", flush=True)
-    summary = summarize(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "poisoning.json").write_text(json.dumps({"aligned": aligned, "runs": rows, "summary": summary}, indent=2))
-    (out / "poisoning.md").write_text(markdown(summary, aligned) + "\n\n" + sample_replies(rows) + "\n")
-    plot(summary, aligned, out / "poisoning.png")
-    print(markdown(summary, aligned))
+    write_outputs(out, aligned, rows)
 
 
 if __name__ == "__main__":
