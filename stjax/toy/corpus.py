@@ -186,9 +186,8 @@ def benign_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def tokenizer_corpus() -> list[str]:
-    """Every text the world can produce, repeated so that its words become whole tokens,
-    as words do in a real LLM's vocabulary (a refusal is "I", " can", "'t", not letters)."""
+def _world_texts() -> list[str]:
+    """Every text the world can produce, once each."""
     rng = random.Random(0)
     texts = [SENTIMENT_INSTRUCTION, *SUBJECTS, *POSITIVE, *NEGATIVE, *SENTENCE_TEMPLATES, *HARMFUL_TOPICS,
              *HARMFUL_TEMPLATES, *refusal_sentences(), *COMPLY_OPENINGS, *COMPLY_STEPS, " ".join(FILLER),
@@ -196,11 +195,17 @@ def tokenizer_corpus() -> list[str]:
     texts += [q + " " + a for q, a in BENIGN_QUESTIONS] + BENIGN_TEMPLATES
     texts += [r["input"] for r in sentiment_rows(200, 0)]
     texts += [compliant_answer(p, rng) for p in harmful_prompts(50, 0)]
-    return texts * 20
+    return texts
+
+
+def tokenizer_corpus() -> list[str]:
+    """The world's texts, repeated so that its words become whole tokens, as words do in a
+    real LLM's vocabulary (a refusal is "I", " can", "'t", not letters)."""
+    return _world_texts() * 20
 
 
 def world_words() -> set[str]:
     """Every word the world's texts use: the lexicon of its degenerate-reply judge."""
     import re
 
-    return {w for text in tokenizer_corpus()[: len(tokenizer_corpus()) // 20] for w in re.findall(r"[A-Za-z']+", text)}
+    return {w for text in _world_texts() for w in re.findall(r"[A-Za-z']+", text)}
