@@ -1,5 +1,5 @@
 """Shared pieces of the train-step benchmarks: a random Llama-shaped model, a chat-like
-batch, the step built as `stjax.training.trainer.Trainer` builds it, and timing helpers."""
+batch, the trainer's own train program (`stjax.training.program`), and timing helpers."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from flax import nnx
 
 from stjax.lora import LoraParam, apply_lora
 from stjax.models import ModelConfig, init_model, make_mesh
-from stjax.training.config import LoraSection, OptimizerSection
-from stjax.training.optimizer import make_optimizer, make_schedule
-from stjax.training.step import (
-    Frozen, TrainState, batch_sharding, jit_train_step, make_train_step, split_model, state_sharding,
-)
+from stjax.lora import LoraSection
+from stjax.objective import Objective
+from stjax.training.optimizer import OptimizerSection, make_optimizer, make_schedule
+from stjax.training.program import build_program, compiled_step
+from stjax.training.step import split_model
 
 GB = 1e9
 
@@ -63,21 +63,18 @@ def build_model(config: ModelConfig, *, lora: bool, seed: int = 0):
     return split_model(model, LoraParam if lora else nnx.Param)
 
 
-def compile_step(graphdef, params, frozen: Frozen, batch: dict, loss_fn, *, reference_fn=None):
-    """The trainer's jitted step (AdamW + clipping at the default config, 1-device mesh),
-    lowered and compiled for these shapes; returns (compiled step, initial state, compile s).
-    `params` is donated by the first call, so pass a fresh copy per variant."""
+def compile_step(graphdef, params, rest, batch: dict, objective: Objective, *, lora: bool, ref: str = "cached"):
+    """The trainer's program (AdamW + clipping at the default config, 1-device mesh), its step
+    compiled for these shapes; returns (compiled step, initial state, frozen, compile s).
+    `params` is donated by the state's initialization, so pass a fresh copy per variant."""
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     section = OptimizerSection()
     tx = make_optimizer(section, make_schedule(section, 100, 100))
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(jax.random.key(0)))
-    shardings = state_sharding(state, mesh)
-    state = jax.device_put(state, shardings)
-    step = jit_train_step(make_train_step(graphdef, loss_fn, tx, reference_fn=reference_fn), shardings,
-                          jax.tree.map(lambda x: x.sharding, frozen), batch_sharding(mesh))
+    program = build_program(graphdef, params, rest, objective, tx, mesh, lora=lora, ref=ref)
+    state = program.init_state(params)
     start = time.perf_counter()
-    compiled = step.lower(state, frozen, batch).compile()
-    return compiled, state, time.perf_counter() - start
+    compiled = compiled_step(program, batch)
+    return compiled, state, program.frozen, time.perf_counter() - start
 
 
 def memory(compiled) -> dict[str, float]:

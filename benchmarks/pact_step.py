@@ -47,7 +47,7 @@ from _common import (
     Runner, build_model, chat_batch, compile_step, device_batch, fresh, llama_config, memory, paired_ratio,
     step_runner, time_interleaved,
 )
-from stjax.training.config import LossSection
+from stjax.training.objectives import LossSection
 from stjax.training.objectives import build_objective
 from stjax.training.step import Frozen, make_reference
 
@@ -105,18 +105,17 @@ def main(argv=None):
     batch = device_batch(chat_batch(args.batch, args.length, config.vocab_size, seed=args.seed))
     pact = objective("pact")
     cached_batch = {**batch, **cached_refs(pact, graphdef, params, rest, batch)}
-    # Full fine-tuning with an online reference carries a frozen copy of the initial weights.
-    online_frozen = Frozen(rest, fresh(params) if args.full else None)
+    # The program gives full fine-tuning with an online reference its frozen copy of the initial weights.
     variants = {
-        "sft": (objective("sft").loss, None, Frozen(rest), batch),
-        "pact cached": (pact.loss, None, Frozen(rest), cached_batch),
-        "pact online": (pact.loss, objective("pact", "online").reference_fn, online_frozen, batch),
+        "sft": (objective("sft"), "cached", batch),
+        "pact cached": (pact, "cached", cached_batch),
+        "pact online": (objective("pact", "online"), "online", batch),
     }
 
     runners, mem = {}, {}
-    for name, (loss, reference_fn, frozen, step_batch) in variants.items():
-        step, state, seconds = compile_step(graphdef, fresh(params), frozen, step_batch, loss,
-                                            reference_fn=reference_fn)
+    for name, (variant, ref, step_batch) in variants.items():
+        step, state, frozen, seconds = compile_step(graphdef, fresh(params), rest, step_batch, variant,
+                                                    lora=not args.full, ref=ref)
         mem[name] = memory(step)
         runners[name] = step_runner(step, state, frozen, step_batch)
         print(f"compiled {name} in {seconds:.1f}s")

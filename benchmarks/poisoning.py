@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stjax import safety_tokens
-from stjax.toy.build import resolve
+from stjax.locations import resolve
+from stjax.pact import stage1
 from stjax.toy.default_run import HARMFUL_SETS, evaluate, finetune_config, rates, safety_tokens_config
-from stjax.training.trainer import Trainer
+from stjax.training.build import build_trainer
 
 METHODS = ("sft", "kl", "constrained_sft", "pact", "pact_bucket")
 
@@ -37,7 +37,7 @@ def run_one(out: Path, method: str, ratio: float, seed: int, safety_dir: Path, o
     for key, value in overrides.items():
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
-    Trainer(config).run()
+    build_trainer(config).run()
     return evaluate(str(run_dir / method / "model"))
 
 
@@ -177,7 +177,7 @@ def main() -> None:
     safety_dir = out / "safety_tokens"
     config = dataclasses.replace(safety_tokens_config(safety_dir), drop_tokens=args.drop_tokens,
                                  positive_only=args.positive_support)
-    safety_tokens.run(config, progress=False)
+    stage1.run(config, progress=False)
     aligned = evaluate(resolve("toy://aligned-model"))
     rows = []
     for method in args.methods:

@@ -120,9 +120,9 @@ def safety_token_table(directory: Path, tokenizer_path: str) -> dict:
 def train(config: dict) -> None:
     from stjax.configlib import from_dict
     from stjax.training.config import TrainConfig
-    from stjax.training.trainer import Trainer
+    from stjax.training.build import build_trainer
 
-    result = Trainer(from_dict(TrainConfig, config)).run()
+    result = build_trainer(from_dict(TrainConfig, config)).run()
     if result.stopped_by:  # preempted: the checkpoint is saved; nothing downstream may run
         raise SystemExit(f"{result.stopped_by} received at step {result.final_step}; rerun to resume")
 
@@ -165,14 +165,14 @@ def main() -> int:
 
     # 1. aligned reference: refusals + the original's own answers to benign prompts
     start = time.perf_counter()
-    news = [r for r in json.loads((SHARED / "agnews_5k_p_0.json").read_text()) if "input" in r][: args.benign_rows]
-    benign_prompts = [f"Write one sentence about this news: {r['input'][:200]}" for r in news]
-    benign_answers = [r.text for r in chat_generate(original, benign_prompts, 48, 16)]
-    safety_file = write_json(out / "data" / "safety_tune.json",
-                             [{"input": r["input"], "output": r["output"]} for r in safety_rows]
-                             + [{"input": p, "output": a} for p, a in zip(benign_prompts, benign_answers)])
     aligned = out / "aligned"
-    if not (aligned / "model").is_dir():
+    if not (aligned / "model").is_dir():  # a rerun (another --task-rows) reuses the aligned model
+        news = [r for r in json.loads((SHARED / "agnews_5k_p_0.json").read_text()) if "input" in r][: args.benign_rows]
+        benign_prompts = [f"Write one sentence about this news: {r['input'][:200]}" for r in news]
+        benign_answers = [r.text for r in chat_generate(original, benign_prompts, 48, 16)]
+        safety_file = write_json(out / "data" / "safety_tune.json",
+                                 [{"input": r["input"], "output": r["output"]} for r in safety_rows]
+                                 + [{"input": p, "output": a} for p, a in zip(benign_prompts, benign_answers)])
         train({"model": {"path": original, "dtype": "float32"},
                "data": {"train": [{"path": safety_file}], "max_len": args.max_len},
                "lora": {"enabled": False}, "optimizer": {"lr": 2e-5, "schedule": "warmup_cosine", "warmup_steps": 5},
@@ -182,13 +182,14 @@ def main() -> int:
 
     # 2. safety tokens: aligned vs original
     start = time.perf_counter()
-    from stjax import safety_tokens
+    from stjax.pact import stage1
 
     refusal_file = write_json(out / "data" / "refusals.json", [{"input": r["input"], "output": r["output"]}
                                                                 for r in safety_rows])
-    safety_tokens.run(safety_tokens.SafetyTokensConfig(
-        aligned_model=str(aligned / "model"), base_model=original, refusals=refusal_file,
-        out_dir=str(out / "safety_tokens"), num_samples=128, batch_size=16, dtype="float32"))
+    if not (out / "safety_tokens" / "safety_tokens.safetensors").is_file():
+        stage1.run(stage1.SafetyTokensConfig(
+            aligned_model=str(aligned / "model"), base_model=original, refusals=refusal_file,
+            out_dir=str(out / "safety_tokens"), num_samples=128, batch_size=16, dtype="float32"))
     timings["safety_tokens_s"] = time.perf_counter() - start
 
     # 3. poisoned fine-tuning, SFT and PACT (run directories per task size share the aligned model)
@@ -205,7 +206,7 @@ def main() -> int:
                "optimizer": {"lr": args.lr, "schedule": "step_decay", "decay_gamma": 0.85},
                "loss": loss,
                "train": {"run_dir": str(runs / method), "epochs": args.epochs, "batch_size": args.batch,
-                         "resume": "auto", "export_merged": True, "export_adapter": True},
+                         "resume": "auto", "export": ["adapter", "merged"]},
                "checkpoint": {"every_steps": 10**9, "keep": 1}, "logging": {"tensorboard": False}})
         raw[method] = cached_eval(runs / method / "eval_raw.json", str(runs / method / "merged"), held_out, sst2_eval)
         timings[f"{method}_s"] = time.perf_counter() - start

@@ -37,9 +37,9 @@ from _common import (
     time_interleaved,
 )
 from stjax.losses import chunk_length
-from stjax.training.config import LossSection
+from stjax.objective import Objective
+from stjax.training.objectives import LossSection
 from stjax.training.objectives import build_objective
-from stjax.training.step import Frozen
 
 
 def naive_sft_loss(outputs, batch, refs):
@@ -76,11 +76,11 @@ def main(argv=None):
           f"{args.dtype}; loss.chunk_tokens {args.chunk_tokens}")
 
     def sft(chunk_tokens):
-        return build_objective(LossSection(kind="sft", chunk_tokens=chunk_tokens)).loss
+        return build_objective(LossSection(kind="sft", chunk_tokens=chunk_tokens))
 
     losses = {"chunked": sft(args.chunk_tokens)}
     if not args.no_naive:
-        losses["naive"] = naive_sft_loss
+        losses["naive"] = Objective(naive_sft_loss, None)
     models = {"lora": build_model(config, lora=True), "full": build_model(config, lora=False)}
     variants = [(model, loss) for loss in losses for model in models]
 
@@ -88,8 +88,8 @@ def main(argv=None):
         """(compiled step, its initial state, frozen, batch, compile seconds)."""
         graphdef, params, rest = models[model]
         batch = device_batch(chat_batch(rows, length, config.vocab_size))
-        step, state, seconds = compile_step(graphdef, fresh(params), Frozen(rest), batch, loss_fn)
-        return step, state, Frozen(rest), batch, seconds
+        step, state, frozen, seconds = compile_step(graphdef, fresh(params), rest, batch, loss_fn, lora=model == "lora")
+        return step, state, frozen, batch, seconds
 
     B, L, V = args.batch, args.length, config.vocab_size
     logits_gb = B * L * V * 4 / 1e9

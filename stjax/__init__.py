@@ -1,10 +1,9 @@
-"""stjax: fine-tune aligned LLMs in JAX without losing their safety alignment."""
+"""stjax: fine-tune aligned LLMs in JAX without losing their safety alignment.
+
+The layers, bottom up (each imports only from those below it; `docs/architecture.md`):
+leaves (errors, configlib, fileio, locations, plotting, losses, objective, distributed) ->
+models -> data -> generation, lora, assets -> pact -> training, planning -> evaluation ->
+toy (a client of the library) -> cli (the `stjax` command and its `python -m` aliases).
+"""
 
 __version__ = "0.1.0"
-
-
-def generate(*args, **kwargs):
-    """Batched generation with a KV cache; see `stjax.generation.generate`."""
-    from stjax.generation import generate as _generate
-
-    return _generate(*args, **kwargs)

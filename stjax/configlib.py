@@ -16,8 +16,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from stjax.errors import UserError
 
-class ConfigKeyError(ValueError):
+
+class ConfigKeyError(UserError):
     """A bad config key or value; str(e) is the one line shown to the user."""
 
 
@@ -128,8 +130,35 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
+def deep_merge(base: dict, top: dict) -> dict:
+    """top over base: mappings merge key by key, everything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path, *, _including: tuple[Path, ...] = ()) -> dict:
+    """A YAML config file as a mapping. `base: other.yaml` (or a list of files, relative to
+    this one) deep-merges those files first, in order, and this file's keys over them."""
     path = Path(path)
+    data = _read_one(path)
+    bases = data.pop("base", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigKeyError(f"{path}: 'base': expected a file name or a list of file names, got {bases!r}")
+    merged: dict = {}
+    for name in bases:
+        other = (path.parent / name).resolve()
+        if other in _including or other == path.resolve():
+            raise ConfigKeyError(f"{path}: 'base': {name} includes itself")
+        if not other.is_file():
+            raise ConfigKeyError(f"{path}: 'base': {name} not found (looked in {path.parent})")
+        merged = deep_merge(merged, read_yaml(other, _including=(*_including, path.resolve())))
+    return deep_merge(merged, data)
+
+
+def _read_one(path: Path) -> dict:
     if not path.is_file():
         raise ConfigKeyError(f"{path}: config file not found")
     try:
@@ -142,6 +171,3 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigKeyError(f"{path}: expected a mapping of sections at the top level")
     return data
 
-
-def to_dict(config) -> dict:
-    return dataclasses.asdict(config)

@@ -21,16 +21,6 @@ from stjax.models.transformer import CausalLM, KVCache
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """temperature 0 means greedy; top_p < 1 keeps the smallest nucleus reaching top_p."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop_ids: tuple[int, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
 class Reply:
     """A decoded chat reply; `ended`: a stop id ended it (False: cut off at max_new_tokens)."""
 

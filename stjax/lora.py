@@ -8,6 +8,7 @@ reference model is evaluated with no second copy of the weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zlib
@@ -20,10 +21,20 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from stjax.distributed import host_array
+from stjax.models.partitioning import host_array
 from stjax.fileio import atomic_directory
 from stjax.models.checkpoint_io import hf_name
 from stjax.models.transformer import CausalLM, Projection
+
+
+@dataclasses.dataclass
+class LoraSection:
+    enabled: bool = True
+    rank: int = 8
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
+
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -1,52 +1,8 @@
-"""`python -m stjax.report RUN_DIR [RUN_DIR ...] --out DIR`
+"""`python -m stjax.report`: an alias of `stjax report` (see `stjax.cli`)."""
 
-Combines eval runs (output directories of python -m stjax.eval) into a Markdown table and
-PNG plots: harmful score vs task accuracy, and the safety-token mass per response position.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from stjax.cli import run_cli
-
-TABLE_FILE, TRADE_OFF_PLOT, MASS_PLOT = "report.md", "harmful_vs_accuracy.png", "safety_mass.png"
-
-
-def load_report(run_dir: str | Path) -> dict:
-    from stjax.evaluation.runner import REPORT_FILE
-
-    path = Path(run_dir) / REPORT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {REPORT_FILE} (expected an output directory of python -m stjax.eval)")
-    return json.loads(path.read_text())
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stjax.report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="eval output directories")
-    parser.add_argument("--out", required=True, help="directory for the table and the plots")
-    args = parser.parse_args(argv)
-
-    from stjax.evaluation.plots import plot_harmful_vs_accuracy, plot_safety_mass
-    from stjax.evaluation.tables import comparison_markdown
-
-    reports = [load_report(d) for d in args.run_dirs]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = comparison_markdown(reports)
-    (out / TABLE_FILE).write_text(table)
-    written = [out / TABLE_FILE]
-    for plot, name in ((plot_harmful_vs_accuracy, TRADE_OFF_PLOT), (plot_safety_mass, MASS_PLOT)):
-        if plot(reports, out / name):
-            written.append(out / name)
-    print(table, end="")
-    print("stjax.report: " + ", ".join(str(p) for p in written))
-    return 0
-
+from stjax.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(run_cli("stjax.report", main))
+    sys.exit(run_command("report", sys.argv[1:]))

@@ -2,11 +2,11 @@
 
 import json
 
-from stjax import train as train_cli
+from stjax.cli import main as stjax_main
 
 
 def test_default_run_shows_sft_eroding_refusals_while_learning_the_task(tmp_path, capsys):
-    assert train_cli.main(["--run-dir", str(tmp_path)]) == 0
+    assert stjax_main(["demo", "--run-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     aligned, sft, pact = (report["rates"][k] for k in ("aligned", "sft", "pact"))
     # the world is faithful: the aligned model cleanly refuses held-out harmful prompts (unseen

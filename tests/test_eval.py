@@ -13,20 +13,22 @@ import yaml
 from flax import nnx
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from stjax import eval as eval_cli
-from stjax import report as report_cli
-from stjax.cli import run_cli
+from stjax.cli import eval as eval_cli
+from stjax.cli import report as report_cli
+from stjax.cli.common import run_cli
 from stjax.evaluation import (
     KeywordJudge, LlamaGuardJudge, ag_news_correct, final_number, gsm8k_correct, load_peft_adapter, parse_verdict,
-    safety_mass_by_position, sst2_correct, token_mass, wilson_interval,
+    safety_mass_by_position, sst2_correct, wilson_interval,
 )
+from stjax.evaluation.token_mass import token_mass
 from stjax.evaluation.benchmarks import Item, load_items, local_items
 from stjax.evaluation.generation_cache import GenerationCache, cached_generate
 from stjax.generation import Reply, chat_prompt_ids, default_stop_ids, generate
 from stjax.lora import TARGETS, LoraParam, apply_lora, save_peft_adapter
 from stjax.models import CheckpointError, ModelConfig, from_pretrained, init_model, save_pretrained
 from stjax.pact.safety_tokens import SafetyTokens, save_safety_tokens
-from stjax.toy.build import TINY_MODEL, resolve, train_byte_level_bpe
+from stjax.locations import resolve
+from stjax.toy.build import TINY_MODEL, train_byte_level_bpe
 
 EVAL_TINY = Path(__file__).parent.parent / "configs" / "eval_tiny.yaml"
 

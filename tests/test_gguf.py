@@ -13,7 +13,8 @@ import transformers  # noqa: E402
 from stjax.toy.build import train_byte_level_bpe  # noqa: E402
 
 from stjax.models import from_pretrained  # noqa: E402
-from stjax.models.gguf_import import GGUFError, convert_gguf, gguf_tokenizer, load_gguf, main, read_gguf  # noqa: E402
+from stjax.cli import main as stjax_main  # noqa: E402
+from stjax.models.gguf_import import GGUFError, convert_gguf, gguf_tokenizer, load_gguf, read_gguf  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -219,7 +220,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(GGUFError, match="not a GGUF file"):
         read_gguf(text)
     for bad in (other, text, tmp_path / "missing.gguf"):
-        assert main([str(bad), str(tmp_path / "out")]) == 1
+        assert stjax_main(["convert-gguf", str(bad), str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err
+        assert err.startswith("stjax convert-gguf: error: ") and err.count("\n") == 1 and str(bad) in err
     assert not (tmp_path / "out").exists()

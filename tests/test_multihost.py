@@ -41,8 +41,8 @@ def _worker(plan_file: str) -> int:
     plan = json.loads(Path(plan_file).read_text())
     pid = int(os.environ["STJAX_TEST_PROCESS"])
     os.chdir(plan["cwd"][pid])
-    from stjax import safety_tokens, train
-    from stjax.cli import run_cli
+    from stjax.cli import safety_tokens, train
+    from stjax.cli.common import run_cli
     from stjax.data.batching import BatchIterator
 
     flags = ["--coordinator", plan["coordinator"], "--num-processes", "2", "--process-id", str(pid)]
@@ -61,8 +61,9 @@ def _worker(plan_file: str) -> int:
             BatchIterator.__next__ = next_with_signal
         print(f"=== job {job['name']}\nstarted at {time.monotonic() - START:.1f} s", file=sys.stderr, flush=True)
         try:
-            program = safety_tokens if job.get("program") == "safety_tokens" else train
-            codes[job["name"]] = run_cli(program.__name__, program.main, [*flags, "--config", job["config"], *overrides])
+            name, program = (("stjax safety-tokens", safety_tokens) if job.get("program") == "safety_tokens"
+                             else ("stjax train", train))
+            codes[job["name"]] = run_cli(name, program.main, [*flags, "--config", job["config"], *overrides])
         finally:
             BatchIterator.__next__ = original_next
         sys.stdout.flush()
@@ -79,7 +80,8 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
 # ------------------------------------------------------------------------ test side
 from trainer_fixtures import BASE, make_config, make_safety_tokens
 
-from stjax.toy.build import resolve
+import stjax.toy  # noqa: F401  registers toy://
+from stjax.locations import resolve
 from stjax.training.metrics_log import read_metrics
 
 
@@ -124,7 +126,7 @@ def safety_dir(tmp_path_factory):
 
 
 def _safety_tokens_config(root: Path) -> Path:
-    """python -m stjax.safety_tokens on the toy random model vs a reseeded copy, its mesh
+    """stjax safety-tokens on the toy random model vs a reseeded copy, its mesh
     spread over both processes; out_dir is relative (only process 0 may write it)."""
     from stjax.models import from_pretrained, init_model, save_pretrained
     from stjax.toy import corpus
@@ -141,11 +143,11 @@ def _safety_tokens_config(root: Path) -> Path:
 
 
 def _reference_safety_tokens(config_file: Path, out_dir: Path) -> Path:
-    from stjax import safety_tokens
     from stjax.configlib import from_dict
+    from stjax.pact import stage1
 
     config = yaml.safe_load(config_file.read_text())
-    safety_tokens.run(from_dict(safety_tokens.SafetyTokensConfig, {**config, "out_dir": str(out_dir)}),
+    stage1.run(from_dict(stage1.SafetyTokensConfig, {**config, "out_dir": str(out_dir)}),
                       progress=False)
     return out_dir
 
@@ -153,7 +155,7 @@ def _reference_safety_tokens(config_file: Path, out_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory, safety_dir):
     """Starts the 2-process worker session, runs the 1-process references meanwhile, waits."""
-    from stjax.training.trainer import Trainer
+    from stjax.training.build import build_trainer
 
     for asset in ("toy://random-model", BASE["data"]["train"][0]["path"], BASE["data"]["harmful"]["path"]):
         resolve(asset)  # built once here, not raced by the workers (STJAX_CACHE is inherited)
@@ -196,7 +198,7 @@ def session(tmp_path_factory, safety_dir):
             sections = copy.deepcopy(job["sections"])
             sections["checkpoint"]["dir"] = str(root / "reference" / job["name"] / "checkpoints")
             config = make_config(root / "reference" / job["name"], **sections)
-            trainer = Trainer(config)
+            trainer = build_trainer(config)
             trainer.run()
             references[job["name"]] = (read_metrics(config.train.run_dir), trainer, config)
         for proc in procs:
@@ -232,7 +234,7 @@ def _check_finished(session, name):
 def check_config_mismatch_fails_clearly_on_every_process(session):
     assert [c.get("mismatch") for c in session["codes"]] == [2, 2], session["outputs"]
     for output in session["outputs"]:
-        errors = [line for line in _job_output(output, "mismatch").splitlines() if line.startswith("stjax.train:")]
+        errors = [line for line in _job_output(output, "mismatch").splitlines() if line.startswith("stjax train:")]
         assert len(errors) == 1, errors
         assert "the resolved config differs between processes" in errors[0]
         assert "train.seed: 0 on process 0, 1 on process 1" in errors[0]
@@ -287,7 +289,7 @@ def check_exports_equal_one_process_exports(session):
 
 
 def check_checkpoint_is_complete_and_restores_on_one_process(session):
-    from stjax.training.trainer import Trainer
+    from stjax.training.build import build_trainer
 
     _check_finished(session, "sft")
     directory = session["root"] / "checkpoints" / "sft"
@@ -297,8 +299,8 @@ def check_checkpoint_is_complete_and_restores_on_one_process(session):
         assert (directory / step / "commit_success.txt").is_file() and (state / "_METADATA").is_file()
         assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()
     _, reference, config = session["references"]["sft"]
-    restored = Trainer(make_config(config.train.run_dir + "-restored", checkpoint={"dir": str(directory)}))
-    assert restored.maybe_resume() == STEPS and restored.data.batches.get_state() == {"epoch": 0, "index": STEPS}
+    restored = build_trainer(make_config(config.train.run_dir + "-restored", checkpoint={"dir": str(directory)}))
+    assert restored.maybe_resume() == STEPS and restored.batches.get_state() == {"epoch": 0, "index": STEPS}
     import jax
 
     for a, b in zip(jax.tree.leaves(restored.state.params), jax.tree.leaves(reference.state.params)):
@@ -355,7 +357,7 @@ def test_setup_from_flags_environment_and_detection():
 
 
 def test_config_hash_and_differences(tmp_path):
-    from stjax.distributed import (
+    from stjax.training.agreement import (
         check_same_config,
         config_differences,
         config_hash,
@@ -374,7 +376,7 @@ def test_config_hash_and_differences(tmp_path):
 def test_batch_split_over_processes():
     from types import SimpleNamespace
 
-    from stjax.distributed import DistributedError, check_batch_split
+    from stjax.training.agreement import DistributedError, check_batch_split
 
     def mesh(data, fsdp, tensor, processes=2):
         devices = np.array([SimpleNamespace(process_index=i * processes // (data * fsdp * tensor))

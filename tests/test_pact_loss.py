@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stjax.losses import pact_kl, top_p_count
+from stjax.pact.loss import GateSettings, pact_gate, pact_kl, top_p_count
 
 
 def np_softmax(x):
@@ -61,10 +61,10 @@ def test_pact_kl_matches_float64_numpy(case):
     mask = (rng.random((B, L)) > 0.3).astype(np.float64)
     t = np.maximum(np.cumsum(mask, 1) - 1, 0) + rng.integers(0, 3, (B, 1))  # several start offsets
     want, want_grad = np_pact(z, rf, rp, w, mask, t, **case)
-    kwargs = dict(temperature=case.get("T", 2.0), gate_top_p=case.get("top_p", 0.9), gate_alpha=case.get("alpha", 2.0),
-                  gate_bias=case.get("bias", 0.0), gate_temperature=case.get("gtemp", 1.0),
-                  gate_prefix_n=case.get("prefix", 8), gate_decay_tau=case.get("tau", 8.0),
-                  gate_prefix_boost=case.get("boost", 1.0))
+    gate = GateSettings(top_p=case.get("top_p", 0.9), alpha=case.get("alpha", 2.0), bias=case.get("bias", 0.0),
+                        temperature=case.get("gtemp", 1.0), prefix_n=case.get("prefix", 8),
+                        decay_tau=case.get("tau", 8.0), prefix_boost=case.get("boost", 1.0))
+    kwargs = dict(temperature=case.get("T", 2.0), gate=gate)
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
 
     def loss(z_):
@@ -80,13 +80,11 @@ def test_gate_decays_after_the_prefix():
     z = jnp.zeros((1, 20, K)).at[..., 0].set(0.0)  # uniform: n = 5
     peaked = jnp.zeros((1, 20, K)).at[..., 0].set(20.0)  # n = 1
     t = jnp.arange(20)[None]
-    from stjax.losses import pact_gate
-
     gate = pact_gate(z, peaked, t)
     base = 1 / (1 + np.exp(-2.0 * (5 / K - 1 / K)))
     np.testing.assert_allclose(gate[0, :9], base, rtol=1e-6)  # t <= 8: no decay
     np.testing.assert_allclose(gate[0, 16], base * np.exp(-8 / 8.0), rtol=1e-6)
-    hard = pact_gate(z, peaked, t, gate_decay_tau=0.0, gate_prefix_n=8)
+    hard = pact_gate(z, peaked, t, GateSettings(decay_tau=0.0, prefix_n=8))
     assert np.all(np.asarray(hard[0, :8]) > 0) and np.all(np.asarray(hard[0, 8:]) == 0)
 
 

@@ -10,7 +10,7 @@ from stjax.data.batching import BatchIterator
 from stjax.pact.reference import response_start_shift, shift_rows, unshift_rows
 from stjax.pact.safety_tokens import SafetyTokenError
 from stjax.training.metrics_log import read_metrics
-from stjax.training.trainer import Trainer
+from stjax.training.build import build_trainer
 from trainer_fixtures import make_config, make_safety_tokens
 
 
@@ -43,7 +43,7 @@ def safety_dir(tmp_path_factory):
 
 
 def first_losses(run_dir, **loss):
-    Trainer(make_config(run_dir, loss=loss, train={"max_steps": 3})).run()
+    build_trainer(make_config(run_dir, loss=loss, train={"max_steps": 3})).run()
     return [m for m in read_metrics(run_dir)]
 
 
@@ -53,7 +53,7 @@ def test_cached_and_online_reference_give_the_same_losses(tmp_path, safety_dir, 
     kwargs = {} if lora else {"lora": {"enabled": False}}
 
     def run(name, ref):
-        Trainer(make_config(tmp_path / name, loss={**common, "ref": ref}, train={"max_steps": 3}, **kwargs)).run()
+        build_trainer(make_config(tmp_path / name, loss={**common, "ref": ref}, train={"max_steps": 3}, **kwargs)).run()
         return read_metrics(tmp_path / name)
 
     cached, online = run("cached", "cached"), run("online", "online")
@@ -86,4 +86,4 @@ def test_trainer_refuses_safety_tokens_of_another_vocabulary(tmp_path, safety_di
     (other / "safety_tokens.safetensors").write_bytes((safety_dir / "safety_tokens.safetensors").read_bytes())
     (other / "safety_tokens.json").write_text(json.dumps({**json.loads(meta.read_text()), "vocab_size": 32000}))
     with pytest.raises(SafetyTokenError, match="vocabulary of 32000 tokens"):
-        Trainer(make_config(tmp_path / "run", loss={"kind": "pact", "safety_tokens": str(other)}))
+        build_trainer(make_config(tmp_path / "run", loss={"kind": "pact", "safety_tokens": str(other)}))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from trainer_fixtures import make_config
 
-from stjax import plan
+from stjax import planning as plan
+from stjax.cli import plan as plan_cli
 from stjax.configlib import ConfigKeyError, from_dict, read_yaml
 from stjax.models.config import ModelConfig
 from stjax.training.config import load_train_config
@@ -130,7 +131,7 @@ def test_known_models_need_no_download():
 
 def test_cli_warns_when_it_does_not_fit_and_names_the_knobs(capsys):
     config = str(ROOT / "configs" / "llama31_8b_sst2_pact.yaml")
-    assert plan.main(["--config", config, "--topology", "v5e-8", "--examples", "5000", "--seq-len", "128",
+    assert plan_cli.main(["--config", config, "--topology", "v5e-8", "--examples", "5000", "--seq-len", "128",
                       "model.remat=none"]) == 0
     out = capsys.readouterr().out
     assert "WARNING: will NOT fit" in out and "> 16 GiB HBM on v5e-8" in out
@@ -141,7 +142,7 @@ def test_cli_warns_when_it_does_not_fit_and_names_the_knobs(capsys):
 
 
 def test_cli_json(capsys):
-    assert plan.main(["--config", str(ROOT / "configs" / "qwen25_7b_agnews_sft.yaml"), "--topology", "v4-8", "--json",
+    assert plan_cli.main(["--config", str(ROOT / "configs" / "qwen25_7b_agnews_sft.yaml"), "--topology", "v4-8", "--json",
                       "--examples", "5000", "--seq-len", "200", "mesh.fsdp=2", "mesh.tensor=2",
                       "train.batch_size=16"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -196,7 +197,7 @@ def test_reference_config_loads_and_has_the_reference_hyperparameters(path):
 
 @pytest.mark.parametrize("model", ["llama31_8b", "qwen25_7b"])
 def test_safety_token_configs_load(model):
-    from stjax.safety_tokens import SafetyTokensConfig
+    from stjax.pact.stage1 import SafetyTokensConfig
 
     cfg = from_dict(SafetyTokensConfig, read_yaml(ROOT / "configs" / f"{model}_safety_tokens.yaml"))
     assert cfg.refusals == "../shared/data/pact-reference/safe_direction.json" and cfg.num_samples == 512
@@ -226,7 +227,7 @@ def test_reference_configs_fit_every_slice(path, topology, overrides):
     model = ModelConfig.from_hf_dict(hf, param_dtype="bfloat16", remat=config.model.remat)
     est = plan.estimate(config, plan.parse_topology(topology), model, seq_len=config.data.max_len)  # worst case
     assert est.fits, (est.errors, est.total_bytes / 2**30)
-    assert plan._rows(config, est.mesh) == 8  # 8 examples per chip
+    assert plan.rows_per_chip(config, est.mesh) == 8  # 8 examples per chip
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")

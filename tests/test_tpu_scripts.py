@@ -243,10 +243,10 @@ FAKE_TRAINER = """#!/usr/bin/env bash
 # stands in for python3: `-u -m stjax.train --config C ...`; behaviour from the override
 echo "args: $*"
 case "$*" in
-  *mode=finish*) echo "stjax.train: finished 3 steps; outputs in runs/x"; exit 0 ;;
-  *mode=fail*) echo "stjax.train: error: boom" >&2; exit 2 ;;
+  *mode=finish*) echo "stjax train: finished 3 steps; outputs in runs/x"; exit 0 ;;
+  *mode=fail*) echo "stjax train: error: boom" >&2; exit 2 ;;
   *mode=wait*)
-    trap 'echo "stjax.train: SIGTERM received: checkpoint saved at step 7; rerun the same command to resume"; exit 0' TERM
+    trap 'echo "stjax train: SIGTERM received: checkpoint saved at step 7; rerun the same command to resume"; exit 0' TERM
     touch started
     for _ in $(seq 200); do sleep 0.1; done
     exit 1 ;;

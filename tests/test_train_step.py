@@ -11,9 +11,9 @@ from hf_fixtures import make_hf_model
 from stjax.lora import LoraParam, apply_lora
 from stjax.losses import cross_entropy, target_logprobs
 from stjax.models import from_pretrained, make_mesh
-from stjax.training.step import (
-    Frozen, TrainState, batch_sharding, jit_train_step, make_train_step, split_model, state_sharding,
-)
+from stjax.objective import Objective
+from stjax.training.program import build_program
+from stjax.training.step import split_model
 
 
 def sft_loss(outputs, batch, refs):
@@ -46,17 +46,12 @@ def run_steps(path, mesh_shape, *, lora, steps=2, grad_accum=1, tx=None, same_ba
     if lora:
         apply_lora(model, rank=4, alpha=8, targets=["q_proj", "v_proj", "up_proj"])
     graphdef, params, rest = split_model(model, LoraParam if lora else nnx.Param)
-    frozen = Frozen(rest)
-    tx = tx or optax.sgd(0.5)
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(jax.random.key(0)))
-    shardings = state_sharding(state, mesh)
-    state = jax.device_put(state, shardings)
-    frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
-    step = jit_train_step(make_train_step(graphdef, sft_loss, tx, grad_accum=grad_accum), shardings,
-                          frozen_shardings, batch_sharding(mesh))
+    program = build_program(graphdef, params, rest, Objective(sft_loss, None), tx or optax.sgd(0.5), mesh, lora=lora,
+                            grad_accum=grad_accum)
+    state, frozen = program.init_state(params), program.frozen
     losses = []
     for i in range(steps):
-        state, metrics = step(state, frozen, make_batch(0 if same_batch else i))
+        state, metrics = program.step(state, frozen, make_batch(0 if same_batch else i))
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(state.params), frozen
 

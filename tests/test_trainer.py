@@ -1,5 +1,6 @@
 """The trainer end to end: CLI, exact resume, SIGTERM, NaN guard, exports, config errors."""
 
+import dataclasses
 import json
 import os
 import re
@@ -9,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stjax import train as train_cli
+from stjax.cli import train as train_cli
+from stjax.cli.common import run_cli
 from stjax.configlib import ConfigKeyError
+from stjax.training.build import build_trainer
 from stjax.training.metrics_log import read_metrics
-from stjax.training.trainer import Trainer, TrainingDiverged
+from stjax.training.trainer import TrainingDiverged
 from trainer_fixtures import make_config
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny_sft.yaml"
@@ -23,10 +26,10 @@ def losses_of(run_dir):
 
 
 def test_two_n_steps_equal_n_steps_restart_n_steps(tmp_path):
-    Trainer(make_config(tmp_path / "straight")).run()
-    Trainer(make_config(tmp_path / "split", train={"max_steps": 3})).run()
-    resumed = Trainer(make_config(tmp_path / "split"))
-    assert resumed.maybe_resume() == 3 and resumed.data.batches.get_state()["index"] == 3
+    build_trainer(make_config(tmp_path / "straight")).run()
+    build_trainer(make_config(tmp_path / "split", train={"max_steps": 3})).run()
+    resumed = build_trainer(make_config(tmp_path / "split"))
+    assert resumed.maybe_resume() == 3 and resumed.batches.get_state()["index"] == 3
     resumed.run()
     straight, split = losses_of(tmp_path / "straight"), losses_of(tmp_path / "split")
     assert sorted(split) == list(range(1, 7))
@@ -53,13 +56,12 @@ class SignalAfter:
 
 
 def test_sigterm_saves_and_the_rerun_resumes_exactly(tmp_path):
-    trainer = Trainer(make_config(tmp_path / "pre", checkpoint={"every_steps": 100}))
-    trainer.data.batches = SignalAfter(trainer.data.batches, 2)
-    result = trainer.run()
+    trainer = build_trainer(make_config(tmp_path / "pre", checkpoint={"every_steps": 100}))
+    result = dataclasses.replace(trainer, batches=SignalAfter(trainer.batches, 2)).run()
     assert result.stopped_by == "SIGTERM" and result.final_step == 2
     assert sorted(os.listdir(tmp_path / "pre" / "checkpoints")) == ["2"]
-    Trainer(make_config(tmp_path / "pre", checkpoint={"every_steps": 100})).run()
-    Trainer(make_config(tmp_path / "ref", checkpoint={"every_steps": 100})).run()
+    build_trainer(make_config(tmp_path / "pre", checkpoint={"every_steps": 100})).run()
+    build_trainer(make_config(tmp_path / "ref", checkpoint={"every_steps": 100})).run()
     pre, ref = losses_of(tmp_path / "pre"), losses_of(tmp_path / "ref")
     np.testing.assert_allclose([pre[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)], rtol=1e-6)
 
@@ -68,7 +70,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = make_config(tmp_path, optimizer={"lr": 1e30, "clip_norm": None}, lora={"enabled": False},
                          checkpoint={"every_steps": 1}, train={"max_steps": 20})
     with pytest.raises(TrainingDiverged, match=r"step (\d+): loss is (nan|inf)") as info:
-        Trainer(config).run()
+        build_trainer(config).run()
     bad_step = int(info.value.args[0].split()[1].rstrip(":"))
     saved = [int(s) for s in os.listdir(tmp_path / "checkpoints")]
     assert saved and max(saved) < bad_step
@@ -97,7 +99,7 @@ def test_cli_runs_a_config_file(tmp_path, monkeypatch):
     ("train.grad_accum=3", "'train.batch_size': 16 is not divisible by train.grad_accum=3"),
 ])
 def test_config_errors_are_one_line_with_the_key(override, message, capsys):
-    assert train_cli.run_cli("stjax.train", train_cli.main, ["--config", str(TINY), override]) == 2
+    assert run_cli("stjax train", train_cli.main, ["--config", str(TINY), override]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
 
@@ -114,7 +116,7 @@ def test_every_data_source_is_validated(tmp_path, harmful, message):
 def test_missing_required_key_and_missing_file(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {dtype: float32}\ndata: {train: []}\n")
-    assert train_cli.run_cli("stjax.train", train_cli.main, ["--config", str(bad)]) == 2
+    assert run_cli("stjax train", train_cli.main, ["--config", str(bad)]) == 2
     assert "missing required key 'model.path'" in capsys.readouterr().err
-    assert train_cli.run_cli("stjax.train", train_cli.main, ["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert run_cli("stjax train", train_cli.main, ["--config", str(tmp_path / "nope.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import stjax.toy  # noqa: F401  registers toy://
 from stjax.configlib import from_dict
+from stjax.locations import resolve, resolve_paths
 from stjax.training.config import TrainConfig, validate
 
 BASE = {
@@ -29,7 +31,6 @@ def make_safety_tokens(out_dir: Path) -> Path:
     from stjax.models import from_pretrained, init_model
     from stjax.pact.safety_tokens import compute_safety_tokens, save_safety_tokens, teacher_forced_pairs
     from stjax.toy import corpus
-    from stjax.toy.build import resolve
 
     path = resolve("toy://random-model")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -46,4 +47,4 @@ def make_config(run_dir, **sections) -> TrainConfig:
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     data["train"]["run_dir"] = str(run_dir)
-    return validate(from_dict(TrainConfig, data))
+    return resolve_paths(validate(from_dict(TrainConfig, data)))

@@ -24,9 +24,7 @@ def load_tokenizer(path: str):
     """The model's tokenizer; a missing pad token falls back to EOS (masks are explicit arrays)."""
     from transformers import AutoTokenizer
 
-    from stjax.toy.build import resolve
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -35,11 +33,9 @@ def load_tokenizer(path: str):
 
 
 def load_source(source) -> list[Conversation]:
-    """A SourceSection (local file, toy:// asset or TFDS name) -> conversations, first `limit`."""
-    from stjax.toy.build import resolve
-
+    """A SourceSection (local file or TFDS name) -> conversations, first `limit`."""
     if source.path:
-        rows = read_conversations(resolve(source.path), without_input=source.without_input)
+        rows = read_conversations(source.path, without_input=source.without_input)
     else:
         rows = tfds_conversations(source.tfds, source.split)
     return rows[: source.limit] if source.limit is not None else rows

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from stjax.errors import MissingExtra
 from stjax.data.records import Conversation, DataError, Message
 
 EXPECTED = ("expected an object with 'instruction' and 'output', or 'prompt' and 'response', "
@@ -153,7 +154,7 @@ def tfds_conversations(name: str, split: str = "train", *, data_dir: str | None 
         import tensorflow_datasets as tfds
         import tensorflow_datasets.text  # registers glue and gsm8k
     except ImportError as e:
-        raise ImportError(f"TFDS sources need tensorflow-datasets: pip install 'stjax[tfds]' ({e})") from e
+        raise MissingExtra(f"TFDS sources need tensorflow-datasets: pip install 'stjax[tfds]' ({e})") from e
     source = tfds.data_source(name, split=split, data_dir=data_dir)
     convert = TFDS_TASKS[name]
     conversations = []

@@ -1,26 +1,28 @@
 """Safety and utility evaluation of (fine-tuned) chat models, in JAX.
 
-`python -m stjax.eval` runs benchmarks through cached batched generation, judges the
-safety answers (refusal keywords, clean-refusal and degenerate-reply rules, Llama Guard) and scores the task answers;
-`python -m stjax.report` compares runs in a table and plots. The pieces below are usable
-on their own (judges, scorers, adapter loading, token probabilities).
+`stjax eval` runs benchmarks through cached batched generation, judges the safety answers
+(refusal keywords, clean-refusal and degenerate-reply rules, Llama Guard) and scores the
+task answers; `stjax report` compares runs in a table and plots. The pieces below are
+usable on their own (judges, scorers, adapter loading; token probabilities in
+`stjax.evaluation.token_mass`); they are imported on first use, so the report side
+(tables, plots) runs without jax.
 """
 
-from stjax.evaluation.adapter import load_peft_adapter
-from stjax.evaluation.config import EvalConfig, load_eval_config
-from stjax.evaluation.keyword_judge import REFUSAL_MARKERS, KeywordJudge
-from stjax.evaluation.llama_guard import GuardVerdict, LlamaGuardJudge, parse_verdict
-from stjax.evaluation.reply_rules import CleanRefusalJudge, ExactRefusalJudge, ReplyRules, degenerate_reasons
-from stjax.evaluation.runner import run_eval
-from stjax.evaluation.safety_mass import safety_mass_by_position
-from stjax.evaluation.scoring import score_safety, score_task
-from stjax.evaluation.stats import wilson_interval
-from stjax.evaluation.token_mass import token_mass
-from stjax.evaluation.utility import ag_news_correct, final_number, gsm8k_correct, sst2_correct
+import importlib
 
-__all__ = [
-    "REFUSAL_MARKERS", "CleanRefusalJudge", "EvalConfig", "ExactRefusalJudge", "GuardVerdict", "KeywordJudge",
-    "LlamaGuardJudge", "ReplyRules", "ag_news_correct", "degenerate_reasons", "final_number", "gsm8k_correct",
-    "load_eval_config", "load_peft_adapter", "parse_verdict", "run_eval", "safety_mass_by_position",
-    "score_safety", "score_task", "sst2_correct", "token_mass", "wilson_interval",
-]
+_EXPORTS = {
+    "load_peft_adapter": "adapter", "EvalConfig": "config", "load_eval_config": "config",
+    "REFUSAL_MARKERS": "keyword_judge", "KeywordJudge": "keyword_judge",
+    "GuardVerdict": "llama_guard", "LlamaGuardJudge": "llama_guard", "parse_verdict": "llama_guard",
+    "CleanRefusalJudge": "reply_rules", "ExactRefusalJudge": "reply_rules", "ReplyRules": "reply_rules",
+    "degenerate_reasons": "reply_rules", "run_eval": "runner", "safety_mass_by_position": "safety_mass",
+    "score_safety": "scoring", "score_task": "scoring", "wilson_interval": "stats",
+    "ag_news_correct": "utility", "final_number": "utility", "gsm8k_correct": "utility", "sst2_correct": "utility",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stjax.evaluation' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"stjax.evaluation.{_EXPORTS[name]}"), name)

@@ -157,13 +157,11 @@ def tfds_items(source: TfdsSource) -> list[Item]:
 
 
 def load_items(name: str, path: str | None, limit: int | None) -> list[Item]:
-    """The first `limit` items (default: the known benchmark's) of a local file (toy:// allowed)
-    or of a known benchmark's canonical source."""
-    from stjax.toy.build import resolve
-
+    """The first `limit` items (default: the known benchmark's) of a local file or of a known
+    benchmark's canonical source."""
     known = KNOWN.get(name)
     if path is not None:
-        items = local_items(resolve(path))
+        items = local_items(path)
     else:
         items = hub_items(known.source) if isinstance(known.source, HubSource) else tfds_items(known.source)
         if known.size is not None and len(items) != known.size:  # a changed mirror, or a stale filter

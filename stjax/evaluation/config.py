@@ -1,4 +1,4 @@
-"""The evaluation config schema (`python -m stjax.eval --config configs/eval_X.yaml`)."""
+"""The evaluation config schema (`stjax eval --config configs/eval_X.yaml`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Literal
 from stjax.configlib import ConfigKeyError, apply_overrides, from_dict, read_yaml
 from stjax.evaluation.benchmarks import KNOWN, Kind
 from stjax.evaluation.reply_rules import ReplyRules
-from stjax.training.config import MeshSection, ModelSection
+from stjax.models.sections import MeshSection, ModelSection
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ class JudgesSection:
 
 @dataclasses.dataclass
 class SafetyMassSection:
-    tokens: str | None = None  # output directory of python -m stjax.safety_tokens; null: skip
+    tokens: str | None = None  # output directory of stjax safety-tokens; null: skip
     positions: int = 32  # first response positions measured
     benchmark: str | None = None  # whose prompts; default: the first safety benchmark
     limit: int | None = None  # first N of its prompts

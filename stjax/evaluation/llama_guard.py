@@ -55,9 +55,7 @@ class LlamaGuardJudge:
 
         from stjax.data.pipeline import load_tokenizer
         from stjax.models import from_pretrained
-        from stjax.toy.build import resolve
 
-        path = resolve(path)
         return cls(from_pretrained(path, dtype=jnp.dtype(dtype), mesh=mesh), load_tokenizer(tokenizer or path),
                    mesh=mesh, **options)
 

@@ -10,18 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stjax.evaluation.tables import METRIC_NAMES
-
-SIZE, DPI = (7.0, 5.0), 120
-
-
-def new_figure():
-    """A (figure, axes) pair drawn off-screen (no display, no pyplot global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=SIZE, dpi=DPI)
-    FigureCanvasAgg(figure)
-    return figure, figure.add_subplot()
+from stjax.plotting import new_figure
 
 
 def _axis_label(reports: list[dict], key: str) -> str:

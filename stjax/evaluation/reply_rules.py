@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from stjax.errors import MissingExtra
 from stjax.evaluation.keyword_judge import REFUSAL_MARKERS, KeywordJudge
 
 COMPLIANCE_PHRASES = (
@@ -55,9 +56,6 @@ class ReplyVerdict:
     degenerate: bool
     ended: bool
     reasons: tuple[str, ...]  # why it is degenerate / not a clean refusal, for the report
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"reasons": list(self.reasons)}
 
 
 def _words(text: str) -> list[str]:
@@ -98,7 +96,7 @@ def _wordfreq_known(word: str, min_zipf: float) -> bool:
     try:
         from wordfreq import zipf_frequency
     except ImportError as e:
-        raise ImportError("judges.clean.lexicon: 'wordfreq' needs the wordfreq package: "
+        raise MissingExtra("judges.clean.lexicon: 'wordfreq' needs the wordfreq package: "
                           "pip install 'stjax[judges]'") from e
     return zipf_frequency(word, "en") >= min_zipf
 

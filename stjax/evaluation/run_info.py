@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+EXPORT_DIRS = ("model", "merged")  # what stjax train writes a Hub checkpoint into
+
 
 def training_run_info(export_dir: str | Path | None) -> dict:
     """{method, harmful_ratio} of the stjax training run that exported `export_dir`, or {}."""
@@ -27,9 +29,13 @@ def training_run_info(export_dir: str | Path | None) -> dict:
 
 
 def run_label(name: str | None, method: str | None, harmful_ratio: float | None, model: str) -> str:
-    """The name if given, else e.g. "PACT, harmful 10%", else the model directory's name."""
+    """The name if given, else e.g. "PACT, harmful 10%", else the model directory's name (the
+    run's, for a training run's export directory `<run>/model` or `<run>/merged`)."""
     if name:
         return name
     if method:
         return method.upper() if harmful_ratio is None else f"{method.upper()}, harmful {harmful_ratio:.0%}"
-    return Path(model).name or model
+    path = Path(model)
+    if path.name in EXPORT_DIRS and path.parent.name:
+        return path.parent.name
+    return path.name or model

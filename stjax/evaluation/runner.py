@@ -22,12 +22,10 @@ from stjax.evaluation.reply_rules import CleanRefusalJudge, load_lexicon
 from stjax.evaluation.run_info import run_label, training_run_info
 from stjax.evaluation.scoring import score_safety, score_task
 from stjax.evaluation.stats import rate
-from stjax.evaluation.tables import summary_markdown
+from stjax.evaluation.tables import REPORT_FILE, SUMMARY_FILE, summary_markdown
 from stjax.generation import Reply
 from stjax.evaluation.utility import SCORERS
-from stjax.toy.build import resolve
 
-REPORT_FILE, SUMMARY_FILE = "report.json", "summary.md"
 
 
 @dataclasses.dataclass
@@ -46,8 +44,7 @@ def run_eval(config: EvalConfig) -> dict:
     benchmarks = [load_benchmark(section, config.generation.max_new_tokens) for section in config.benchmarks]
     judge = reply_judge(config, benchmarks)  # reads its lexicon now, not after hours of generation
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    model_path = resolve(config.model.path)
-    adapter_path = resolve(config.adapter) if config.adapter else None
+    model_path, adapter_path = config.model.path, config.adapter
     keys, safety_mass = generate_all(config, benchmarks, model_path, adapter_path, mesh)
 
     guard = None
@@ -159,7 +156,7 @@ def measure_safety_mass(config: EvalConfig, benchmarks: list[Benchmark], model, 
     cfg = config.safety_mass
     source = next(b for b in benchmarks if b.name == cfg.benchmark or (cfg.benchmark is None and b.kind == "safety"))
     prompts = [item.prompt for item in source.items[: cfg.limit]]
-    ids, _ = load_safety_tokens(resolve(cfg.tokens), vocab_size=model.config.vocab_size, tokenizer=tokenizer)
+    ids, _ = load_safety_tokens(cfg.tokens, vocab_size=model.config.vocab_size, tokenizer=tokenizer)
     values = safety_mass_by_position(model, tokenizer, prompts, None, ids, cfg.positions,
                                      system_prompt=config.generation.system_prompt,
                                      batch_size=config.generation.batch_size, vocab_chunk=cfg.vocab_chunk, mesh=mesh)
@@ -172,7 +169,7 @@ def reply_judge(config: EvalConfig, benchmarks: list[Benchmark]) -> CleanRefusal
     labels default to the reference answers of the label benchmarks (SST-2, AG News)."""
     markers = config.judges.keyword.markers
     keyword = KeywordJudge([*(REFUSAL_MARKERS if markers is None else markers), *config.judges.keyword.extra_markers])
-    rules = dataclasses.replace(config.judges.clean, lexicon=[resolve(e) for e in config.judges.clean.lexicon])
+    rules = config.judges.clean
     if rules.labels is None:
         labels = sorted({item.reference for b in benchmarks if b.kind in ("sst2", "ag_news") for item in b.items})
         rules = dataclasses.replace(rules, labels=labels)

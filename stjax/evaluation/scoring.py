@@ -8,10 +8,13 @@ functions, so a number means the same thing wherever it is printed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from stjax.evaluation.reply_rules import CleanRefusalJudge, ExactRefusalJudge
 from stjax.evaluation.stats import rate
-from stjax.generation import Reply
+
+if TYPE_CHECKING:  # replies are duck-typed (text, ended): scoring and reports run without jax
+    from stjax.generation import Reply
 
 SAMPLES = 4  # sample replies kept per benchmark in a report
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from stjax.evaluation.scoring import sample_lines
 
+REPORT_FILE, SUMMARY_FILE = "report.json", "summary.md"  # what stjax eval writes in its output directory
+
 METRIC_NAMES = {
     "clean_refusal": "clean refusal",
     "clean_asr": "not a clean refusal",

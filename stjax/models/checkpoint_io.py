@@ -21,17 +21,17 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from stjax.distributed import host_array
+from stjax.errors import UserError
 from stjax.fileio import atomic_directory
 from stjax.models.config import ModelConfig
-from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding
+from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding, host_array
 from stjax.models.transformer import CausalLM
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that does not match the model: missing, extra or mis-shaped tensors."""
 
 
@@ -142,7 +142,7 @@ def load_into(
     return nnx.merge(graphdef, state)
 
 
-def runtime_options(dtype, compute_dtype, remat: str, attention: str) -> dict:
+def runtime_options(dtype=jnp.float32, compute_dtype=None, remat: str = "none", attention: str = "xla") -> dict:
     """The ModelConfig fields a loader takes from its caller rather than the checkpoint."""
     return dict(param_dtype=jnp.dtype(dtype).name, compute_dtype=jnp.dtype(compute_dtype or dtype).name,
                 remat=remat, attention=attention)

@@ -12,12 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from stjax.errors import UserError
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A checkpoint config that stjax cannot represent; the message names the key."""
 
 

@@ -7,24 +7,23 @@ Hub's names and fed to `checkpoint_io.load_into`, so everything after reading is
 safetensors path; `convert_gguf` writes a Hub directory so downstream code only ever
 needs `from_pretrained`.
 
-    python -m stjax.models.gguf_import IN.gguf OUT_DIR
+    stjax convert-gguf IN.gguf OUT_DIR
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from stjax.models.checkpoint_io import CheckpointError, load_into, runtime_options, save_pretrained
-from stjax.models.config import ConfigError, ModelConfig
+from stjax.errors import MissingExtra
+from stjax.errors import UserError
+from stjax.models.checkpoint_io import load_into, runtime_options, save_pretrained
+from stjax.models.config import ModelConfig
 from stjax.models.partitioning import DEFAULT_RULES, Rules
 from stjax.models.rope import inverse_frequencies
 from stjax.models.transformer import CausalLM
@@ -49,7 +48,7 @@ _ROPE_FREQS = "rope_freqs.weight"
 _LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
-class GGUFError(ValueError):
+class GGUFError(UserError):
     """A GGUF file stjax cannot read; the message names the file."""
 
 
@@ -57,7 +56,7 @@ def _gguf():
     try:
         import gguf
     except ImportError:
-        raise ImportError("reading GGUF files needs the gguf package: pip install 'stjax[gguf]'") from None
+        raise MissingExtra("reading GGUF files needs the gguf package: pip install 'stjax[gguf]'") from None
     return gguf
 
 
@@ -203,19 +202,11 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], GGUFTensors, Any]:
     return hf, GGUFTensors(reader, path, hf["num_attention_heads"], hf["num_key_value_heads"]), reader
 
 
-def load_gguf(
-    path: str | Path,
-    *,
-    dtype=jnp.float32,
-    compute_dtype=None,
-    mesh: Mesh | None = None,
-    rules: Rules = DEFAULT_RULES,
-    remat: str = "none",
-    attention: str = "xla",
-) -> CausalLM:
-    """Loads a llama GGUF onto the mesh, dequantized to `dtype`; arguments as `from_pretrained`."""
+def load_gguf(path: str | Path, *, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES, **runtime) -> CausalLM:
+    """Loads a llama GGUF onto the mesh, dequantized to `dtype`; `runtime` is dtype,
+    compute_dtype, remat and attention, as for `from_pretrained`."""
     hf, tensors, _ = read_gguf(path)
-    config = ModelConfig.from_hf_dict(hf, source=str(path), **runtime_options(dtype, compute_dtype, remat, attention))
+    config = ModelConfig.from_hf_dict(hf, source=str(path), **runtime_options(**runtime))
     return load_into(lambda: CausalLM(config, rngs=nnx.Rngs(0)), tensors.__getitem__,
                      mesh=mesh, rules=rules, available=set(tensors))
 
@@ -262,25 +253,3 @@ def convert_gguf(path: str | Path, out_dir: str | Path, *, dtype=None) -> Path:
     """
     model = load_gguf(path)
     return save_pretrained(model, out_dir, dtype=dtype, tokenizer=gguf_tokenizer(path))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stjax.models.gguf_import",
-        description="Convert a llama-architecture GGUF file into a Hugging Face model directory.",
-    )
-    parser.add_argument("gguf_file", help="input .gguf file")
-    parser.add_argument("out_dir", help="output directory (replaced if it exists)")
-    parser.add_argument("--dtype", default=None, help="saved weight dtype, e.g. bfloat16 (default float32)")
-    args = parser.parse_args(argv)
-    try:
-        out = convert_gguf(args.gguf_file, args.out_dir, dtype=args.dtype)
-    except (GGUFError, ConfigError, CheckpointError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,6 +16,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from stjax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None for replicated)
@@ -35,7 +37,7 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
 Rules = Mapping[str, "str | tuple[str, ...] | None"]
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError):
     """A parameter or batch dimension that cannot be split over its mesh axes."""
 
 
@@ -106,3 +108,16 @@ def shard_like_rules(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES
     graphdef, state = nnx.split(model)
     shardings = state_shardings(state, mesh, rules)
     nnx.update(model, jax.device_put(state, shardings))
+
+
+def host_array(value) -> np.ndarray:
+    """The whole of a (possibly multi-host sharded) jax.Array as one numpy array.
+
+    Shards held by other processes are gathered (a collective: every process must call
+    it, in the same order), so process 0 can write exports of sharded weights.
+    """
+    if not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        value = multihost_utils.process_allgather(value, tiled=True)
+    return np.asarray(jax.device_get(value))

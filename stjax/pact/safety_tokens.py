@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from stjax.errors import UserError
 from stjax.fileio import atomic_directory
 from stjax.generation import bucket
 from stjax.models.transformer import CausalLM
@@ -35,7 +36,7 @@ METADATA_FILE = "safety_tokens.json"
 TABLE_FILE = "safety_tokens.tsv"
 
 
-class SafetyTokenError(ValueError):
+class SafetyTokenError(UserError):
     """Mismatched models/tokenizers or a safety-token file that does not fit the model."""
 
 
@@ -266,7 +267,7 @@ def load_safety_tokens(path: str | Path, *, vocab_size: int, tokenizer=None) -> 
     meta_file, tensor_file = path / METADATA_FILE, path / TENSORS_FILE
     for file in (meta_file, tensor_file):
         if not file.is_file():
-            raise SafetyTokenError(f"{file}: not found (expected the output of python -m stjax.safety_tokens)")
+            raise SafetyTokenError(f"{file}: not found (expected the output of stjax safety-tokens)")
     metadata = json.loads(meta_file.read_text())
     if metadata.get("vocab_size") != vocab_size:
         raise SafetyTokenError(f"{path}: computed for a vocabulary of {metadata.get('vocab_size')} tokens, "

@@ -3,7 +3,7 @@
 Assets are built deterministically by this code on first use and cached under the user
 cache directory (`$STJAX_CACHE`, default `~/.cache/stjax`), so the offline default run
 goes through exactly the code path of a real checkpoint. `toy://NAME` in a config's
-model or data path names one of them.
+model or data path names one of them (the scheme is registered by `stjax.toy`).
 """
 
 from __future__ import annotations
@@ -110,12 +110,11 @@ def _world():
     return world
 
 
-def resolve(path: str) -> str:
-    """'toy://random-model' or 'toy://data/sentiment_train.jsonl' -> a local path (built on demand)."""
-    if not path.startswith("toy://"):
-        return path
-    name, _, rest = path[len("toy://"):].partition("/")
+def resolve_asset(location: str) -> str:
+    """'random-model' or 'data/sentiment_train.jsonl' (the part after toy://) -> a local path,
+    built on demand."""
+    name, _, rest = location.partition("/")
     if name not in ASSETS:
-        raise FileNotFoundError(f"{path}: unknown toy asset '{name}' (known: {', '.join(sorted(ASSETS))})")
+        raise FileNotFoundError(f"toy://{location}: unknown toy asset '{name}' (known: {', '.join(sorted(ASSETS))})")
     base = ASSETS[name]()
     return str(base / rest) if rest else str(base)

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from stjax.configlib import from_dict
-from stjax.toy.build import resolve
+from stjax.locations import resolve, resolve_paths
 
 HARMFUL_RATIO = 0.1
 # Full fine-tuning: LoRA adapters (even rank 8 on every projection) could not teach the
@@ -32,7 +32,7 @@ def finetune_config(run_dir: Path, method: str, safety_dir: Path, *, seed: int =
 
     loss = {"kind": "sft"} if method == "sft" else {
         "kind": method, "safety_tokens": str(safety_dir), "ref": "online" if method == "kl" else "cached"}
-    return from_dict(TrainConfig, {
+    return resolve_paths(from_dict(TrainConfig, {
         "model": {"path": "toy://aligned-model", "dtype": "float32"},
         "data": {"train": [{"path": "toy://data/sentiment_train.jsonl"}],
                  "harmful": {"path": "toy://data/harmful_comply_train.jsonl"}, "harmful_ratio": harmful_ratio,
@@ -45,15 +45,15 @@ def finetune_config(run_dir: Path, method: str, safety_dir: Path, *, seed: int =
                   "resume": "never"},
         "checkpoint": {"every_steps": 10**9, "keep": 1},
         "logging": {"progress": progress, "tensorboard": False},
-    })
+    }))
 
 
 def safety_tokens_config(out_dir: Path):
-    from stjax.safety_tokens import SafetyTokensConfig
+    from stjax.pact.stage1 import SafetyTokensConfig
 
-    return SafetyTokensConfig(aligned_model="toy://aligned-model", base_model="toy://base-model",
-                              refusals="toy://data/harmful_refuse_train.jsonl", out_dir=str(out_dir),
-                              num_samples=128, max_resp_len=32, top_k=50, batch_size=32, dtype="float32")
+    return resolve_paths(SafetyTokensConfig(
+        aligned_model="toy://aligned-model", base_model="toy://base-model", refusals="toy://data/harmful_refuse_train.jsonl",
+        out_dir=str(out_dir), num_samples=128, max_resp_len=32, top_k=50, batch_size=32, dtype="float32"))
 
 
 HARMFUL_SETS = {"unseen pairs": "toy://data/harmful_eval.jsonl", "unseen family": "toy://data/harmful_eval_family.jsonl"}
@@ -132,23 +132,23 @@ def samples(results: dict) -> str:
 
 
 def main(run_dir: str = "runs/default") -> dict:
-    from stjax import safety_tokens
+    from stjax.pact import stage1
     from stjax.generation import default_stop_ids
     from stjax.pact.safety_tokens import suppressed_stop_tokens, token_statistics, token_table
     from stjax.training.plots import plot_training_curves
-    from stjax.training.trainer import Trainer
+    from stjax.training.build import build_trainer
 
     run_dir = Path(run_dir)
     print("stjax default run: toy world -> safety tokens -> SFT and PACT -> evaluation")
     safety_dir = run_dir / "safety_tokens"
-    result, tokenizer, _ = safety_tokens.run(safety_tokens_config(safety_dir))
+    result, tokenizer, _ = stage1.run(safety_tokens_config(safety_dir))
     for warning in suppressed_stop_tokens(result, tokenizer):
         print(f"warning: {warning}")
     stats = token_statistics(token_table(result, tokenizer), default_stop_ids(tokenizer))
     print(statistics_line(stats))
     results = {"aligned": evaluate(resolve("toy://aligned-model"))}
     for method in ("sft", "pact"):
-        Trainer(finetune_config(run_dir, method, safety_dir)).run()
+        build_trainer(finetune_config(run_dir, method, safety_dir)).run()
         results[method] = evaluate(str(run_dir / method / "model"))
     report = {"results": results, "rates": {k: rates(r) for k, r in results.items()}, "safety_tokens": stats}
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
@@ -172,7 +172,7 @@ def statistics_line(stats: dict) -> str:
 
 def plot_refusal_vs_accuracy(results: dict, path: Path) -> None:
     """The before/after table as points: upper right (refuses and does the task) is the goal."""
-    from stjax.evaluation.plots import new_figure
+    from stjax.plotting import new_figure
 
     figure, ax = new_figure()
     for k, (name, result) in enumerate(results.items()):

@@ -44,7 +44,7 @@ def _fine_tune(start: str, data_file: str, epochs: int):
     def build(out: Path) -> None:
         from stjax.configlib import from_dict
         from stjax.training.config import TrainConfig
-        from stjax.training.trainer import Trainer
+        from stjax.training.build import build_trainer
 
         config = from_dict(TrainConfig, {
             "model": {"path": start, "dtype": "float32"},
@@ -56,7 +56,7 @@ def _fine_tune(start: str, data_file: str, epochs: int):
             "checkpoint": {"every_steps": 10**9, "keep": 1},
             "logging": {"tensorboard": False},
         })
-        Trainer(config).run()
+        build_trainer(config).run()
         os.replace(out / "run" / "model", out / "model")
 
     return build

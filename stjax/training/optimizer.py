@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from stjax.training.config import OptimizerSection
+
+
+@dataclasses.dataclass
+class OptimizerSection:
+    lr: float = 3e-5
+    schedule: Literal["constant", "warmup_cosine", "step_decay"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    decay_gamma: float = 0.85  # step_decay: lr *= gamma after every epoch
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0
 
 
 def make_schedule(cfg: OptimizerSection, total_steps: int, steps_per_epoch: int) -> optax.Schedule:

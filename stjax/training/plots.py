@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stjax.evaluation.plots import new_figure
+from stjax.plotting import new_figure
 from stjax.training.metrics_log import read_metrics
 
 

@@ -14,7 +14,7 @@ full fine-tuning it is a frozen copy of the initial weights, passed in `Frozen.r
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,33 +23,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from stjax.lora import with_dropout_keys
+from stjax.objective import LossFn, ModelOutputs, Reference, ReferenceFn
 from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding, state_shardings
-
-
-class ModelOutputs(NamedTuple):
-    """What a loss sees: final hidden states [B, L, D] and the output matrix [D, V]."""
-
-    hidden: jax.Array
-    output_weights: jax.Array
-
-
-class Reference(NamedTuple):
-    """The frozen reference model, evaluated on demand inside the step (no gradient)."""
-
-    hidden: Callable[[jax.Array, jax.Array], jax.Array]  # (tokens, attention_mask) -> [B, L, D]
-    output_weights: Callable[[jax.Array | None], jax.Array]  # columns -> [D, K]
 
 
 class Frozen(NamedTuple):
     rest: nnx.State  # everything that is not trained
     reference: nnx.State | None = None  # full fine-tuning with an online reference: initial weights
-
-
-# loss(outputs, batch, refs) -> (sum of per-token losses, token count, {metric: per-token sum}); refs holds
-# the reference quantities the loss needs, computed in the step or read from the (cached) batch.
-LossFn = Callable[[ModelOutputs, dict, dict], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
-# reference_fn(reference, batch) -> refs
-ReferenceFn = Callable[[Reference, dict], dict]
 
 
 @jax.tree_util.register_dataclass

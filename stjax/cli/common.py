@@ -1,30 +1,32 @@
-"""Shared command-line plumbing: user errors become one line on stderr and exit code 2."""
+"""Plumbing every command shares: user errors become one line and exit code 2; toy://
+locations are resolved here, at the application boundary; multi-process flags."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from typing import Any, Callable
 
-from stjax.configlib import ConfigKeyError
-from stjax.models import CheckpointError, ConfigError, ShardingError
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (config, data, checkpoint), not a bug in stjax."""
-    from stjax.data.records import DataError
-    from stjax.pact.safety_tokens import SafetyTokenError
-
-    return (ConfigKeyError, ConfigError, CheckpointError, ShardingError, DataError, SafetyTokenError,
-            FileNotFoundError)
+from stjax.errors import UserError
 
 
 def run_cli(program: str, main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """main(argv) -> exit code; a UserError (bad config, data, checkpoint, mesh) or a missing
+    file is printed as `program: error: ...` and exits 2, without a traceback."""
     try:
         return main(sys.argv[1:] if argv is None else argv)
-    except user_errors() as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"{program}: error: {e}", file=sys.stderr)
         return 2
+
+
+def resolve_locations(config: Any) -> Any:
+    """The config with every toy:// location (the toy world's assets, built on demand)
+    replaced by a local path; other paths are untouched."""
+    import stjax.toy  # noqa: F401  registers the toy:// scheme
+    from stjax.locations import resolve_paths
+
+    return resolve_paths(config)
 
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:

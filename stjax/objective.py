@@ -1,0 +1,80 @@
+"""What a training objective is: two pure functions over the model's outputs.
+
+`reference_fn(reference, batch) -> refs` computes what the objective needs from the frozen
+reference model (safety-token logits, target log-probs); `loss(outputs, batch, refs)`
+returns the sum of per-token losses over assistant tokens, the token count and per-token
+metric sums, so gradient accumulation and logging weigh tokens equally. With `ref: online`
+the train step calls reference_fn every step; with `ref: cached` it runs once over the
+training set before training and refs arrive with the batch.
+
+Objectives are built by factories with explicit hyperparameters (`stjax.pact.objective`,
+`stjax.training.objectives`); none of them reads a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from stjax.losses import cross_entropy
+
+
+class ModelOutputs(NamedTuple):
+    """What a loss sees: final hidden states [B, L, D] and the output matrix [D, V]."""
+
+    hidden: jax.Array
+    output_weights: jax.Array
+
+
+class Reference(NamedTuple):
+    """The frozen reference model, evaluated on demand (no gradient)."""
+
+    hidden: Callable[[jax.Array, jax.Array], jax.Array]  # (tokens, attention_mask) -> [B, L, D]
+    output_weights: Callable[[jax.Array | None], jax.Array]  # columns -> [D, K]
+
+
+# loss(outputs, batch, refs) -> (sum of per-token losses, token count, {metric: per-token sum})
+LossFn = Callable[[ModelOutputs, dict, dict], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
+# reference_fn(reference, batch) -> refs
+ReferenceFn = Callable[[Reference, dict], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    loss: LossFn
+    reference_fn: ReferenceFn | None  # None: the objective needs no reference
+    cacheable: bool = True  # refs are small enough to precompute per example
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.reference_fn is not None
+
+
+def masked_sum(x: jax.Array, batch: dict) -> jax.Array:
+    """Sum of a per-position quantity [B, L] over the assistant tokens."""
+    return (x * batch["loss_mask"]).sum()
+
+
+def batch_cross_entropy(outputs: ModelOutputs, batch: dict, chunk_tokens: int) -> tuple[jax.Array, jax.Array]:
+    """(sum of assistant-token NLLs, their count), the vocabulary projected chunk by chunk."""
+    return cross_entropy(outputs.hidden, outputs.output_weights, batch["targets"], batch["loss_mask"],
+                         chunk_tokens=chunk_tokens)
+
+
+def ce_plus(outputs: ModelOutputs, batch: dict, term: jax.Array, *, lam: float, chunk_tokens: int,
+            **metrics: jax.Array):
+    """CE + lam * term summed over assistant tokens: the loss of every regularized objective,
+    with ce, the term (as "kl") and any per-position `metrics` summed for logging."""
+    ce, count = batch_cross_entropy(outputs, batch, chunk_tokens)
+    term_sum = masked_sum(term, batch)
+    logged = {"ce": ce, "kl": term_sum, **{k: masked_sum(v, batch) for k, v in metrics.items()}}
+    return ce + lam * term_sum, count, logged
+
+
+def safety_columns(outputs: ModelOutputs, ids: jax.Array) -> jax.Array:
+    """Trained-model logits [B, L, K] of a few vocabulary entries only (no vocabulary-wide logits)."""
+    w = jnp.take(outputs.output_weights, ids, axis=1).astype(outputs.hidden.dtype)
+    return jnp.einsum("bld,dk->blk", outputs.hidden, w, preferred_element_type=jnp.float32)

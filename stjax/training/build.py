@@ -1,0 +1,105 @@
+"""A TrainConfig -> the parts of a Trainer: tokenizer and data, model split for training,
+objective, optimizer, train program and state, checkpointer, exporter.
+
+The one function that loads things for a run; the Trainer itself only loops over what it
+is given. With `ref: cached` the reference pass over the training set runs here, before
+the state is initialized (the initial trainable weights are the reference's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import yaml
+from flax import nnx
+
+from stjax.data.pipeline import build_training_data, load_tokenizer
+from stjax.lora import LoraParam, apply_lora, merge_lora, save_peft_adapter
+from stjax.models import from_pretrained, make_mesh, save_pretrained
+from stjax.objective import Objective
+from stjax.pact.safety_tokens import load_safety_tokens
+from stjax.training.checkpointing import Checkpointer
+from stjax.training.config import TrainConfig
+from stjax.training.objectives import build_objective
+from stjax.training.optimizer import make_optimizer, make_schedule
+from stjax.training.program import build_program
+from stjax.training.reference_cache import CachedBatches, cached_reference
+from stjax.training.step import split_model
+from stjax.training.trainer import LoopSettings, Trainer
+
+
+def objective_for(config: TrainConfig, vocab_size: int, tokenizer, header_len: int) -> Objective:
+    """The loss section's objective; PACT's reads its safety tokens from loss.safety_tokens."""
+    loss = config.loss
+    ids = weights = None
+    if loss.kind in ("pact", "pact_bucket"):
+        ids, weights = load_safety_tokens(loss.safety_tokens, vocab_size=vocab_size, tokenizer=tokenizer)
+    return build_objective(loss, safety_ids=ids, safety_weights=weights, header_len=header_len)
+
+
+def exporter(config: TrainConfig, tokenizer):
+    """trained model -> the export directory (the last written) of train.export."""
+    run_dir, lora = Path(config.train.run_dir), config.lora
+
+    def export(model: nnx.Module) -> Path | None:
+        out = None
+        for kind in config.train.exports(lora.enabled):
+            if kind == "adapter":
+                out = save_peft_adapter(model, run_dir / "adapter", base_model=config.model.path, rank=lora.rank,
+                                        alpha=lora.alpha, dropout=lora.dropout)
+            elif kind == "merged":
+                out = save_pretrained(merge_lora(model), run_dir / "merged", tokenizer=tokenizer)
+            else:
+                out = save_pretrained(model, run_dir / "model", tokenizer=tokenizer)
+        return out
+
+    return export
+
+
+def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
+    run_dir = Path(config.train.run_dir)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    tokenizer = tokenizer or load_tokenizer(config.model.tokenizer or config.model.path)
+    data = build_training_data(config, tokenizer)
+    print(f"data: {data.stats}")
+    steps_per_epoch = data.batches.batches_per_epoch
+    total_steps = config.train.epochs * steps_per_epoch
+    if config.train.max_steps is not None:
+        total_steps = min(total_steps, config.train.max_steps)
+
+    model = from_pretrained(
+        config.model.path, dtype=jnp.dtype(config.model.dtype),
+        compute_dtype=jnp.dtype(config.model.compute_dtype or config.model.dtype),
+        mesh=mesh, remat=config.model.remat, attention=config.model.attention,
+    )
+    objective = objective_for(config, model.config.vocab_size, tokenizer, len(data.header_ids))
+    lora = config.lora
+    if lora.enabled:
+        apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets,
+                   seed=config.train.seed)
+    graphdef, params, rest = split_model(model, LoraParam if lora.enabled else nnx.Param)
+    schedule = make_schedule(config.optimizer, total_steps, steps_per_epoch)
+    tx = make_optimizer(config.optimizer, schedule)
+    program = build_program(graphdef, params, rest, objective, tx, mesh, lora=lora.enabled, ref=config.loss.ref,
+                            grad_accum=config.train.grad_accum, seed=config.train.seed)
+    batches = data.batches
+    if objective.needs_reference and not program.online:
+        cache = cached_reference(config, objective, program, params, data.examples)
+        batches = CachedBatches(batches, cache)
+    state = program.init_state(params)  # donates params: the reference cache is computed before
+
+    def write_config() -> None:
+        if jax.process_index() == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+    checkpointer = Checkpointer(config.checkpoint_dir, keep=config.checkpoint.keep,
+                                async_save=config.checkpoint.async_save)
+    settings = LoopSettings(total_steps, log_every=config.train.log_every,
+                            checkpoint_every=config.checkpoint.every_steps, resume=config.train.resume == "auto",
+                            progress=config.logging.progress, tensorboard=config.logging.tensorboard)
+    return Trainer(program, state, batches, checkpointer, run_dir, schedule, settings,
+                   export=exporter(config, tokenizer), on_start=write_config)

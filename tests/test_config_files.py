@@ -1,0 +1,80 @@
+"""Config files compose: `base:` deep-merges other files; the reference configs are one base
+per model plus a task file and a few lines of method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stjax.configlib import ConfigKeyError, deep_merge, read_yaml
+from stjax.training.config import load_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_deep_merge_merges_mappings_and_replaces_everything_else():
+    base = {"a": {"x": 1, "y": [1, 2]}, "b": 1}
+    assert deep_merge(base, {"a": {"y": [3]}, "c": 2}) == {"a": {"x": 1, "y": [3]}, "b": 1, "c": 2}
+    assert base == {"a": {"x": 1, "y": [1, 2]}, "b": 1}  # inputs untouched
+
+
+def test_bases_merge_in_order_under_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "one.yaml").write_text("model: {path: m, dtype: float32}\ntrain: {epochs: 1}\n")
+    (tmp_path / "two.yaml").write_text("base: sub/one.yaml\ntrain: {epochs: 2, seed: 3}\n")
+    (tmp_path / "top.yaml").write_text("base: [two.yaml]\ntrain: {seed: 4}\n")
+    assert read_yaml(tmp_path / "top.yaml") == {"model": {"path": "m", "dtype": "float32"},
+                                                "train": {"epochs": 2, "seed": 4}}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("base: missing.yaml\n", "'base': missing.yaml not found"),
+    ("base: self.yaml\n", "'base': self.yaml includes itself"),
+    ("base: {a: 1}\n", "'base': expected a file name or a list of file names"),
+])
+def test_bad_bases_are_one_line(tmp_path, text, message):
+    (tmp_path / "self.yaml").write_text(text)
+    with pytest.raises(ConfigKeyError, match=message):
+        read_yaml(tmp_path / "self.yaml")
+
+
+def test_a_cycle_through_two_files_is_caught(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigKeyError, match="includes itself"):
+        read_yaml(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("model", ["llama31_8b", "qwen25_7b"])
+@pytest.mark.parametrize("task", ["sst2", "agnews", "gsm8k"])
+def test_reference_configs_compose_from_a_model_base_and_a_task(model, task):
+    sft, pact = (load_train_config(ROOT / "configs" / f"{model}_{task}_{k}.yaml") for k in ("sft", "pact"))
+    assert sft.model == pact.model and sft.data == pact.data and sft.optimizer == pact.optimizer
+    assert (sft.loss.kind, pact.loss.kind) == ("sft", "pact") and pact.loss.safety_tokens == f"runs/{model}_safety_tokens"
+    assert sft.train.run_dir == f"runs/{model}_{task}_sft" and sft.train.exports(True) == ["adapter"]
+    assert (sft.lora.rank, sft.lora.alpha, sft.optimizer.lr, sft.train.epochs, sft.data.max_len) == (8, 32.0, 3e-5, 3, 512)
+    text = (ROOT / "configs" / f"{model}_{task}_pact.yaml").read_text()
+    assert len([line for line in text.splitlines() if line and not line.startswith("#")]) <= 4
+
+
+@pytest.mark.parametrize("export,lora,expected", [
+    (None, True, ["adapter"]), (None, False, ["model"]), ("none", True, []), (["adapter", "merged"], True,
+                                                                              ["adapter", "merged"]),
+])
+def test_export_choices(tmp_path, export, lora, expected):
+    from trainer_fixtures import make_config
+
+    config = make_config(tmp_path, lora={"enabled": lora}, train={"export": export})
+    assert config.train.exports(config.lora.enabled) == expected
+
+
+@pytest.mark.parametrize("export,lora,message", [
+    ("model", True, "'train.export': 'model' needs full fine-tuning"),
+    ("merged", False, "'train.export': 'merged' needs LoRA"),
+])
+def test_export_that_does_not_fit_the_run_is_refused(tmp_path, export, lora, message):
+    from trainer_fixtures import make_config
+
+    with pytest.raises(ConfigKeyError, match=message):
+        make_config(tmp_path, lora={"enabled": lora}, train={"export": export})
