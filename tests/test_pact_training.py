@@ -87,3 +87,27 @@ def test_trainer_refuses_safety_tokens_of_another_vocabulary(tmp_path, safety_di
     (other / "safety_tokens.json").write_text(json.dumps({**json.loads(meta.read_text()), "vocab_size": 32000}))
     with pytest.raises(SafetyTokenError, match="vocabulary of 32000 tokens"):
         build_trainer(make_config(tmp_path / "run", loss={"kind": "pact", "safety_tokens": str(other)}))
+
+
+def test_cached_reference_is_saved_reused_on_relaunch_and_recomputed_on_change(tmp_path, safety_dir, capsys):
+    """A relaunch (after a preemption) reads the reference back from the run directory; the
+    resumed run's losses equal a straight run's; a changed input recomputes it and says why."""
+    from stjax.training.reference_cache import CACHE_DIR, load_cache
+
+    loss = {"kind": "pact", "safety_tokens": str(safety_dir), "lam": 5.0}
+    build_trainer(make_config(tmp_path / "split", loss=loss, train={"max_steps": 3})).run()
+    assert "reference cache: computing over" in capsys.readouterr().out
+    saved = load_cache(tmp_path / "split" / CACHE_DIR)
+    trainer = build_trainer(make_config(tmp_path / "split", loss=loss))  # relaunch: resumes at step 3
+    assert "reference cache: read from" in capsys.readouterr().out
+    for index, refs in trainer.batches.cache.items():
+        for key, value in refs.items():
+            np.testing.assert_array_equal(value, saved[index][key])
+    trainer.run()
+    build_trainer(make_config(tmp_path / "straight", loss=loss)).run()
+    split, straight = read_metrics(tmp_path / "split"), read_metrics(tmp_path / "straight")
+    assert [m["step"] for m in split] == list(range(1, 7))
+    np.testing.assert_allclose([m["loss"] for m in split], [m["loss"] for m in straight], rtol=1e-6)
+    build_trainer(make_config(tmp_path / "split", loss=loss, data={"max_len": 48}))
+    out = capsys.readouterr().out
+    assert "reference cache: computing over" in out and "max_len changed ('64' -> '48')" in out
