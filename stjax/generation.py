@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from stjax.data.batching import bucket
 from stjax.models.transformer import CausalLM, KVCache
 
 
@@ -32,11 +33,6 @@ class Reply:
 class Generation:
     tokens: list[list[int]]  # generated ids per prompt, stop id excluded
     finished: list[bool]  # True where a stop id ended the row (False: hit max_new_tokens)
-
-
-def bucket(n: int, minimum: int = 16) -> int:
-    """Next power of two >= n (and >= minimum): the shapes programs are compiled for."""
-    return max(minimum, 1 << max(n - 1, 0).bit_length())
 
 
 def sample_next(logits: jax.Array, rng: jax.Array, temperature: float, top_p: float, greedy: bool) -> jax.Array:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hf_fixtures import make_hf_model
-from stjax.generation import _generate_ids, bucket, generate
+from stjax.data.batching import bucket
+from stjax.generation import _generate_ids, generate
 from stjax.models import from_pretrained, make_mesh
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22], list(range(30, 47)), [99]]

@@ -10,7 +10,8 @@ from flax import nnx
 from hf_fixtures import make_hf_model
 from stjax.lora import LoraParam, apply_lora
 from stjax.losses import cross_entropy, target_logprobs
-from stjax.models import from_pretrained, make_mesh
+from stjax.models import DEFAULT_RULES, from_pretrained, make_mesh
+from stjax.models.sections import MeshSection, mesh_rules
 from stjax.objective import Objective
 from stjax.training.program import build_program
 from stjax.training.step import split_model
@@ -39,15 +40,16 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def run_steps(path, mesh_shape, *, lora, steps=2, grad_accum=1, tx=None, same_batch=False, remat="none"):
+def run_steps(path, mesh_shape, *, lora, steps=2, grad_accum=1, tx=None, same_batch=False, remat="none",
+              rules=DEFAULT_RULES):
     """Plain SGD by default: Adam's g/sqrt(v) would amplify float noise in tiny gradients."""
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[: int(np.prod(mesh_shape))])
-    model = from_pretrained(path, mesh=mesh, remat=remat)
+    model = from_pretrained(path, mesh=mesh, remat=remat, rules=rules)
     if lora:
         apply_lora(model, rank=4, alpha=8, targets=["q_proj", "v_proj", "up_proj"])
     graphdef, params, rest = split_model(model, LoraParam if lora else nnx.Param)
     program = build_program(graphdef, params, rest, Objective(sft_loss, None), tx or optax.sgd(0.5), mesh, lora=lora,
-                            grad_accum=grad_accum)
+                            grad_accum=grad_accum, rules=rules)
     state, frozen = program.init_state(params), program.frozen
     losses = []
     for i in range(steps):
@@ -72,6 +74,34 @@ def test_tensor_parallel_1_1_8_equals_single_device(tmp_path):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
         np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_mesh_rules_from_the_config_change_the_layout_not_the_result(checkpoint):
+    """mesh.rules: embeddings replicated and the MLP split over fsdp and tensor on a 2x2x2 mesh."""
+    rules = mesh_rules(MeshSection(rules={"embed": None, "mlp": ["fsdp", "tensor"]}))
+    assert rules["embed"] is None and rules["mlp"] == ("fsdp", "tensor") and rules["heads"] == "tensor"
+    ref_losses, ref_params, _ = run_steps(checkpoint, (1, 1, 1), lora=False)
+    losses, params, frozen = run_steps(checkpoint, (2, 2, 2), lora=False, rules=rules)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    mesh = make_mesh(2, 2, 2, devices=jax.devices()[:8])
+    model = from_pretrained(checkpoint, mesh=mesh, rules=rules)
+    assert model.embed_tokens[...].sharding.spec == jax.sharding.PartitionSpec("tensor", None)  # (vocab, embed)
+    default = from_pretrained(checkpoint, mesh=mesh)
+    assert default.embed_tokens[...].sharding.spec != model.embed_tokens[...].sharding.spec
+
+
+@pytest.mark.parametrize("rules,message", [
+    ({"embedding": None}, "unknown logical axis 'embedding'"),
+    ({"embed": "model"}, "mesh.rules.embed: expected null, a mesh axis"),
+    ({"mlp": ["tensor", "tensor"]}, "mesh.rules.mlp: expected null, a mesh axis"),
+])
+def test_bad_mesh_rules_are_one_line(rules, message):
+    from stjax.models import ShardingError
+
+    with pytest.raises(ShardingError, match=message):
+        mesh_rules(MeshSection(rules=rules))
 
 
 def test_full_model_mesh_1_1_8_rejects_two_kv_heads(checkpoint):

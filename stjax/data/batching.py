@@ -13,6 +13,10 @@ last partial batch is padded with rows that have example_index -1 and zero masks
 
 Position: (epoch, index of the next batch) is the whole iterator state, so a run resumed
 with `set_state(get_state())` sees exactly the batches the original run would have.
+
+Also here: `bucket`, the power-of-two width of a compiled program (generation uses it
+too), and `pack_teacher_forced`, prompt + response rows for teacher-forced scoring (PACT
+stage 1, the eval's safety-token mass).
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ import numpy as np
 from stjax.data.tokenize import TokenizedExample
 
 
+def bucket(n: int, minimum: int = 16) -> int:
+    """Next power of two >= n (and >= minimum): the shapes programs are compiled for."""
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
 def bucket_lengths(max_len: int, buckets: Sequence[int] | None = None, min_len: int = 16) -> tuple[int, ...]:
     """Batch widths: `buckets` or powers of two from `min_len`, always ending at max_len."""
     if buckets is None:
@@ -31,6 +40,22 @@ def bucket_lengths(max_len: int, buckets: Sequence[int] | None = None, min_len: 
     if any(b <= 0 or b > max_len for b in buckets):
         raise ValueError(f"bucket widths must be in 1..max_len={max_len}, got {list(buckets)}")
     return tuple(sorted({*buckets, max_len}))
+
+
+def pack_teacher_forced(prompts: list[list[int]], responses: list[list[int]], rows: int, resp_len: int, pad_id: int):
+    """Right-padded prompt+response tokens, and the index of the position predicting each response token."""
+    width = bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)))
+    tokens = np.full((rows, width), pad_id, np.int32)
+    mask = np.zeros((rows, width), bool)
+    gather = np.zeros((rows, resp_len), np.int32)
+    resp_mask = np.zeros((rows, resp_len), bool)
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        sequence = prompt + response
+        tokens[i, : len(sequence)] = sequence
+        mask[i, : len(sequence)] = True
+        gather[i, : len(response)] = len(prompt) - 1 + np.arange(len(response))
+        resp_mask[i, : len(response)] = True
+    return tokens, mask, gather, resp_mask
 
 
 class BatchIterator:

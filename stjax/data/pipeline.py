@@ -20,18 +20,6 @@ class TrainingData:
     header_ids: list[int]  # the template's assistant header (PACT's response-only sequences)
 
 
-def load_tokenizer(path: str):
-    """The model's tokenizer; a missing pad token falls back to EOS (masks are explicit arrays)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise FileNotFoundError(f"{path}: the tokenizer has no chat_template (an instruct model's tokenizer is needed)")
-    return tokenizer
-
-
 def load_source(source) -> list[Conversation]:
     """A SourceSection (local file or TFDS name) -> conversations, first `limit`."""
     if source.path:

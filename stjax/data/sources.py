@@ -7,6 +7,8 @@ index (JSON lists), and the shape that was expected, on one line, so a broken ro
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -61,11 +63,8 @@ def read_conversations(path: str | Path, *, without_input: bool = False) -> list
     PACT reference mixes (sst2_5k_p_0.1.json, ...) those are the harmful rows, which makes
     the harmful half of a mix reusable with another task (GSM8K).
     """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    records = _jsonl_records(path, text) if path.suffix == ".jsonl" else _json_records(path, text)
     conversations = []
-    for record, origin, where in records:
+    for record, origin, where in read_records(path):
         if without_input and not _has_no_input(record):
             continue
         try:
@@ -77,6 +76,18 @@ def read_conversations(path: str | Path, *, without_input: bool = False) -> list
 
 def _has_no_input(record: object) -> bool:
     return isinstance(record, Mapping) and "instruction" in record and not record.get("input")
+
+
+def read_records(path: str | Path) -> list[tuple[object, str, str]]:
+    """(record, origin, where-for-errors) of every record of a .jsonl (one a line, blank lines
+    skipped), .csv (a header row) or .json (a list) file; malformed JSON is a DataError naming
+    the file and line."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".csv":  # quoted fields may span lines
+        rows = csv.DictReader(io.StringIO(text))
+        return [(row, f"{path.name}#{i}", f"{path}: row {i + 1}") for i, row in enumerate(rows)]
+    return list(_jsonl_records(path, text) if path.suffix == ".jsonl" else _json_records(path, text))
 
 
 def _json_records(path: Path, text: str) -> Iterator[tuple[object, str, str]]:

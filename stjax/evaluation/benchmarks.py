@@ -8,16 +8,13 @@ how machines without Hub access (and the tests) run them.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import warnings
 from pathlib import Path
 from typing import Literal
 
 from stjax.data.records import DataError
-from stjax.data.sources import record_to_conversation
+from stjax.data.sources import read_records, record_to_conversation
 
 Kind = Literal["safety", "sst2", "ag_news", "gsm8k"]
 PROMPT_KEYS = ("prompt", "goal", "Goal", "forbidden_prompt", "question", "instruction")
@@ -77,25 +74,9 @@ KNOWN: dict[str, KnownBenchmark] = {
 # ----------------------------------------------------------------------------- local files
 def read_rows(path: str | Path) -> list[dict]:
     """Records of a .jsonl, .json (a list) or .csv (header row) file."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: benchmark file not found")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".csv":
-        return list(csv.DictReader(io.StringIO(text)))  # quoted fields may span lines
-    if path.suffix == ".jsonl":
-        return [_parse_json(line, path, n) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    rows = _parse_json(text, path)
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
-    return rows
-
-
-def _parse_json(text: str, path: Path, lineno: int | None = None):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno or e.lineno}: invalid JSON ({e.msg})") from None
+    return [record for record, _, _ in read_records(path)]
 
 
 def row_to_item(row: object, item_id: str) -> Item:

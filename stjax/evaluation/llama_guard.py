@@ -53,7 +53,7 @@ class LlamaGuardJudge:
                         **options) -> LlamaGuardJudge:
         import jax.numpy as jnp
 
-        from stjax.data.pipeline import load_tokenizer
+        from stjax.models.sections import load_tokenizer
         from stjax.models import from_pretrained
 
         return cls(from_pretrained(path, dtype=jnp.dtype(dtype), mesh=mesh), load_tokenizer(tokenizer or path),

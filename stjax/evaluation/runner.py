@@ -90,18 +90,14 @@ def load_benchmark(section: BenchmarkSection, default_max_new_tokens: int) -> Be
     return Benchmark(section.name, kind, items, section.max_new_tokens or default_max_new_tokens)
 
 
-def load_model(config: EvalConfig, model_path: str, adapter_path: str | None, mesh):
+def load_adapted_model(config: EvalConfig, model_path: str, adapter_path: str | None, mesh):
     """(model with its adapter attached, tokenizer)."""
-    import jax.numpy as jnp
-
-    from stjax.data.pipeline import load_tokenizer
     from stjax.evaluation.adapter import load_peft_adapter
-    from stjax.models import from_pretrained
+    from stjax.models.sections import load_model
+    from stjax.models.sections import load_tokenizer, mesh_rules
 
     tokenizer = load_tokenizer(config.model.tokenizer or model_path)
-    model = from_pretrained(model_path, dtype=jnp.dtype(config.model.dtype),
-                            compute_dtype=jnp.dtype(config.model.compute_dtype or config.model.dtype),
-                            mesh=mesh, attention=config.model.attention)
+    model = load_model(config.model, mesh, rules=mesh_rules(config.mesh), path=model_path)
     if adapter_path:
         load_peft_adapter(model, adapter_path)
     return model, tokenizer
@@ -126,7 +122,7 @@ def generate_all(config: EvalConfig, benchmarks: list[Benchmark], model_path: st
     The model lives only inside this call."""
     from stjax.generation import generate_chat
 
-    model, tokenizer = load_model(config, model_path, adapter_path, mesh)
+    model, tokenizer = load_adapted_model(config, model_path, adapter_path, mesh)
     gen = config.generation
     settings = generation_settings(config, model_path, adapter_path, tokenizer)
     cache_dir = Path(gen.cache_dir or Path(config.output_dir) / "generations")

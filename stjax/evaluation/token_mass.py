@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from stjax.models.transformer import CausalLM
-from stjax.pact.safety_tokens import pack_teacher_forced
+from stjax.data.batching import pack_teacher_forced
 
 
 def token_mass(model: CausalLM, hidden: jax.Array, ids: jax.Array, vocab_chunk: int = 8192) -> jax.Array:

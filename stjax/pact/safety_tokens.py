@@ -27,7 +27,7 @@ from safetensors.numpy import load_file, save_file
 
 from stjax.errors import UserError
 from stjax.fileio import atomic_directory
-from stjax.generation import bucket
+from stjax.data.batching import bucket, pack_teacher_forced
 from stjax.models.transformer import CausalLM
 
 BASE_PROMPT = "User: {prompt}\n\nAssistant: "
@@ -75,22 +75,6 @@ def teacher_forced_pairs(tokenizer, rows: Sequence[dict], max_resp_len: int) -> 
         if response:
             pairs.append(TeacherForcedPair(list(aligned), list(base), list(response)))
     return pairs
-
-
-def pack_teacher_forced(prompts: list[list[int]], responses: list[list[int]], rows: int, resp_len: int, pad_id: int):
-    """Right-padded prompt+response tokens, and the index of the position predicting each response token."""
-    width = bucket(max(len(p) + len(r) for p, r in zip(prompts, responses)))
-    tokens = np.full((rows, width), pad_id, np.int32)
-    mask = np.zeros((rows, width), bool)
-    gather = np.zeros((rows, resp_len), np.int32)
-    resp_mask = np.zeros((rows, resp_len), bool)
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        sequence = prompt + response
-        tokens[i, : len(sequence)] = sequence
-        mask[i, : len(sequence)] = True
-        gather[i, : len(response)] = len(prompt) - 1 + np.arange(len(response))
-        resp_mask[i, : len(response)] = True
-    return tokens, mask, gather, resp_mask
 
 
 def _response_distributions(model: CausalLM, tokens, mask, gather, temperature) -> jax.Array:

@@ -35,19 +35,20 @@ def run(cfg: SafetyTokensConfig, *, progress: bool = True):
     import jax
     import jax.numpy as jnp
 
-    from stjax.data.pipeline import load_tokenizer
     from stjax.data.sources import read_conversations
     from stjax.models import from_pretrained, make_mesh
+    from stjax.models.sections import load_tokenizer, mesh_rules
     from stjax.pact.safety_tokens import compute_safety_tokens, drop_tokens, save_safety_tokens, teacher_forced_pairs
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+
+    mesh, rules = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), mesh_rules(cfg.mesh)
     aligned_path, base_path = cfg.aligned_model, cfg.base_model
     tokenizer = load_tokenizer(cfg.tokenizer or aligned_path)
     rows = [{"input": c.messages[-2].content, "output": c.messages[-1].content}
             for c in read_conversations(cfg.refusals)[: cfg.num_samples]]
     pairs = teacher_forced_pairs(tokenizer, rows, cfg.max_resp_len)
     dtype = jnp.dtype(cfg.dtype)
-    aligned = from_pretrained(aligned_path, dtype=dtype, mesh=mesh)
-    base = from_pretrained(base_path, dtype=dtype, mesh=mesh)
+    aligned = from_pretrained(aligned_path, dtype=dtype, mesh=mesh, rules=rules)
+    base = from_pretrained(base_path, dtype=dtype, mesh=mesh, rules=rules)
     result = compute_safety_tokens(aligned, base, pairs, temperature=cfg.temperature, diff_mode=cfg.diff_mode,
                                    top_k=cfg.top_k, batch_size=cfg.batch_size, pad_id=tokenizer.pad_token_id or 0,
                                    progress=progress)

@@ -15,6 +15,7 @@ def compiled_memory(config, model_config, devices, *, safety_tokens: int = 50) -
     import numpy as np
 
     from stjax.models.partitioning import MESH_AXES
+    from stjax.models.sections import mesh_rules
     from stjax.training.objectives import build_objective
     from stjax.training.optimizer import make_optimizer, make_schedule
     from stjax.training.program import build_program, compiled_step
@@ -31,7 +32,7 @@ def compiled_memory(config, model_config, devices, *, safety_tokens: int = 50) -
     objective = build_objective(config.loss, safety_ids=ids, safety_weights=weights, header_len=4)
     tx = make_optimizer(config.optimizer, make_schedule(config.optimizer, 1000, 100))
     program = build_program(graphdef, trained, rest, objective, tx, mesh, lora=config.lora.enabled,
-                            ref=config.loss.ref, grad_accum=config.train.grad_accum)
+                            ref=config.loss.ref, grad_accum=config.train.grad_accum, rules=mesh_rules(config.mesh))
     B, L = config.train.batch_size, config.data.max_len
     batch = {"inputs": (B, L, jnp.int32), "targets": (B, L, jnp.int32), "loss_mask": (B, L, jnp.float32),
              "attention_mask": (B, L, jnp.bool_), "response_pos": (B, L, jnp.int32), "example_index": (B, None, jnp.int32)}

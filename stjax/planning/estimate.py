@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import math
 
+from stjax.models.sections import mesh_rules
 from stjax.planning.hardware import Topology
 
 
@@ -62,14 +63,12 @@ def resolve_mesh(mesh, chips: int) -> tuple[dict[str, int], list[str]]:
     return sizes, errors
 
 
-def _shards(shape, logical_axes, mesh: dict[str, int]) -> tuple[int, int, str | None]:
-    """(ways a parameter is split, of which over fsdp, error) under the trainer's rules; the
-    error names a dimension that does not divide its mesh axes."""
-    from stjax.models.partitioning import DEFAULT_RULES
-
+def _shards(shape, logical_axes, mesh: dict[str, int], rules) -> tuple[int, int, str | None]:
+    """(ways a parameter is split, of which over fsdp, error) under the run's sharding rules;
+    the error names a dimension that does not divide its mesh axes."""
     total, fsdp = 1, 1
     for dim, (size, name) in enumerate(zip(shape, logical_axes or (None,) * len(shape))):
-        axes = DEFAULT_RULES.get(name) if name else None
+        axes = rules.get(name) if name else None
         if axes is None:
             continue
         axes = (axes,) if isinstance(axes, str) else tuple(axes)
@@ -110,7 +109,7 @@ def _abstract_model(model_config, lora: tuple):
     return nnx.split(model, LoraParam if enabled else nnx.Param, ...)
 
 
-def _param_bytes(state, mesh) -> tuple[float, int, dict, list[str]]:
+def _param_bytes(state, mesh, rules) -> tuple[float, int, dict, list[str]]:
     """(bytes per chip, parameter count, {layer: bytes per chip once gathered over fsdp}, errors)."""
     from flax import nnx
 
@@ -120,7 +119,7 @@ def _param_bytes(state, mesh) -> tuple[float, int, dict, list[str]]:
             continue
         shape, itemsize = tuple(var.shape), var.dtype.itemsize
         n = math.prod(shape)
-        shards, fsdp, error = _shards(shape, getattr(var, "logical_axes", None), mesh)
+        shards, fsdp, error = _shards(shape, getattr(var, "logical_axes", None), mesh, rules)
         if error:
             errors.append(f"parameter {'.'.join(map(str, path))}: {error}")
         per_chip += n * itemsize / shards
@@ -164,8 +163,9 @@ def estimate(config, topology: Topology, model_config, *, seq_len: float | None 
     notes: list[str] = []
     lora = config.lora
     _, trained, rest = abstract_model(model_config, lora)
-    trained_bytes, n_trained, layers_trained, e1 = _param_bytes(trained, mesh)
-    rest_bytes, n_rest, layers_rest, e2 = _param_bytes(rest, mesh)
+    rules = mesh_rules(config.mesh)
+    trained_bytes, n_trained, layers_trained, e1 = _param_bytes(trained, mesh, rules)
+    rest_bytes, n_rest, layers_rest, e2 = _param_bytes(rest, mesh, rules)
     layer_gather = max((layers_trained.get(i, 0) + layers_rest.get(i, 0) for i in layers_rest | layers_trained),
                        default=0)
     errors += e1 + e2

@@ -12,13 +12,13 @@ import dataclasses
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import yaml
 from flax import nnx
 
-from stjax.data.pipeline import build_training_data, load_tokenizer
+from stjax.data.pipeline import build_training_data
 from stjax.lora import LoraParam, apply_lora, merge_lora, save_peft_adapter
-from stjax.models import from_pretrained, make_mesh, save_pretrained
+from stjax.models import make_mesh, save_pretrained
+from stjax.models.sections import load_model, load_tokenizer, mesh_rules
 from stjax.objective import Objective
 from stjax.pact.safety_tokens import load_safety_tokens
 from stjax.training.checkpointing import Checkpointer
@@ -61,7 +61,7 @@ def exporter(config: TrainConfig, tokenizer):
 
 def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
     run_dir = Path(config.train.run_dir)
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    mesh, rules = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor), mesh_rules(config.mesh)
     tokenizer = tokenizer or load_tokenizer(config.model.tokenizer or config.model.path)
     data = build_training_data(config, tokenizer)
     print(f"data: {data.stats}")
@@ -70,11 +70,7 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
     if config.train.max_steps is not None:
         total_steps = min(total_steps, config.train.max_steps)
 
-    model = from_pretrained(
-        config.model.path, dtype=jnp.dtype(config.model.dtype),
-        compute_dtype=jnp.dtype(config.model.compute_dtype or config.model.dtype),
-        mesh=mesh, remat=config.model.remat, attention=config.model.attention,
-    )
+    model = load_model(config.model, mesh, rules=rules)
     objective = objective_for(config, model.config.vocab_size, tokenizer, len(data.header_ids))
     lora = config.lora
     if lora.enabled:
@@ -84,7 +80,7 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
     schedule = make_schedule(config.optimizer, total_steps, steps_per_epoch)
     tx = make_optimizer(config.optimizer, schedule)
     program = build_program(graphdef, params, rest, objective, tx, mesh, lora=lora.enabled, ref=config.loss.ref,
-                            grad_accum=config.train.grad_accum, seed=config.train.seed)
+                            grad_accum=config.train.grad_accum, seed=config.train.seed, rules=rules)
     batches = data.batches
     if objective.needs_reference and not program.online:
         cache = cached_reference(config, objective, program, params, data.examples)

@@ -14,7 +14,7 @@ from typing import Literal
 from stjax.configlib import ConfigKeyError, apply_overrides, from_dict, read_yaml
 from stjax.data.sections import DataSection
 from stjax.lora import LoraSection
-from stjax.models.sections import MeshSection, ModelSection
+from stjax.models.sections import MeshSection, ModelSection, mesh_rules
 from stjax.training.objectives import LossSection
 from stjax.training.optimizer import OptimizerSection
 
@@ -85,6 +85,7 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigKeyError(f"'{key}': give exactly one of 'path' or 'tfds'")
         if source.without_input and source.tfds is not None:
             raise ConfigKeyError(f"'{key}.without_input': applies to JSON/JSONL files, not to TFDS sets")
+    mesh_rules(config.mesh)  # unknown logical axes or mesh axes fail here, before anything loads
     if config.train.batch_size % config.train.grad_accum:
         raise ConfigKeyError(
             f"'train.batch_size': {config.train.batch_size} is not divisible by train.grad_accum={config.train.grad_accum}"
