@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from stjax.data.batching import bucket
+from stjax.data.template import render_ids
 from stjax.models.transformer import CausalLM, KVCache
 
 
@@ -137,8 +138,7 @@ def chat_prompt_ids(tokenizer, messages: Sequence[dict], system_prompt: str | No
     """A conversation through the chat template, ending in the assistant's generation prompt."""
     if system_prompt is not None:
         messages = [{"role": "system", "content": system_prompt}, *messages]
-    return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                              return_dict=False))
+    return render_ids(tokenizer, messages, add_generation_prompt=True)
 
 
 def generate_chat(

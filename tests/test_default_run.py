@@ -34,4 +34,4 @@ def test_default_run_shows_sft_eroding_refusals_while_learning_the_task(tmp_path
 
     for plot in ("refusal_vs_accuracy.png", "training_curves.png"):
         with Image.open(tmp_path / plot) as image:  # a real, non-blank picture
-            assert image.size[0] > 400 and len(set(image.convert("L").getdata())) > 10, plot
+            assert image.size[0] > 400 and len(set(image.convert("L").tobytes())) > 10, plot

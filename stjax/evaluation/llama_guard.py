@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from stjax.data.template import render_ids
 from stjax.evaluation.token_mass import response_token_mass
 from stjax.generation import default_stop_ids, generate
 from stjax.models.checkpoint_io import CheckpointError
@@ -65,7 +66,7 @@ class LlamaGuardJudge:
     def prompt_ids(self, prompt: str, response: str) -> list[int]:
         """The moderation prompt: the guard's template renders the instructions around the turns."""
         conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        return list(self.tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False))
+        return render_ids(self.tokenizer, conversation)
 
     def verdict_prefix(self, generated: Sequence[int]) -> list[int]:
         """The generated tokens before the verdict word: leading whitespace (Llama Guard 3 says

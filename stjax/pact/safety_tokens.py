@@ -28,6 +28,7 @@ from safetensors.numpy import load_file, save_file
 from stjax.errors import UserError
 from stjax.fileio import atomic_directory
 from stjax.data.batching import bucket, pack_teacher_forced
+from stjax.data.template import render_ids
 from stjax.models.transformer import CausalLM
 
 BASE_PROMPT = "User: {prompt}\n\nAssistant: "
@@ -68,8 +69,7 @@ def teacher_forced_pairs(tokenizer, rows: Sequence[dict], max_resp_len: int) -> 
     """rows of {input, output} -> prompts for both models and the truncated response ids."""
     pairs = []
     for row in rows:
-        aligned = tokenizer.apply_chat_template([{"role": "user", "content": row["input"]}],
-                                                add_generation_prompt=True, tokenize=True, return_dict=False)
+        aligned = render_ids(tokenizer, [{"role": "user", "content": row["input"]}], add_generation_prompt=True)
         base = tokenizer(BASE_PROMPT.format(prompt=row["input"]), add_special_tokens=True)["input_ids"]
         response = tokenizer(row["output"], add_special_tokens=False)["input_ids"][:max_resp_len]
         if response:

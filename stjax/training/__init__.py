@@ -1,0 +1,3 @@
+"""Training: the pure step, the train program (`program`), the loop (`trainer`) and its
+assembly from a config (`build`), objectives, optimizer, checkpoints, the cached reference,
+multi-process agreement, metrics and plots."""
