@@ -94,3 +94,64 @@ def test_top_p_count():
     assert top_p_count(logits, 0.6).tolist() == [2]
     assert top_p_count(logits, 0.45).tolist() == [1]
     assert top_p_count(logits, 0.999).tolist() == [4]
+
+
+# ------------------------------------------------------------------ where the KL applies
+def _objective_case(seed=0, B=3, L=10, D=8, V=40, K=6):
+    rng = np.random.default_rng(seed)
+    from stjax.objective import ModelOutputs
+
+    outputs = ModelOutputs(jnp.asarray(rng.normal(size=(B, L, D)), jnp.float32),
+                           jnp.asarray(rng.normal(size=(D, V)), jnp.float32))
+    starts, ends = np.array([2, 4, 1]), np.array([7, 10, 5])  # response positions [start, end) per row
+    pos = np.arange(L)[None]
+    loss_mask = ((pos >= starts[:, None]) & (pos < ends[:, None])).astype(np.float32)
+    batch = {"targets": jnp.asarray(rng.integers(0, V, (B, L))), "loss_mask": jnp.asarray(loss_mask),
+             "response_pos": jnp.asarray(np.where(loss_mask > 0, pos - starts[:, None], -1))}
+    refs = {"ref_full": jnp.asarray(rng.normal(size=(B, L, K)), jnp.float32),
+            "ref_post": jnp.asarray(rng.normal(size=(B, L, K)), jnp.float32)}
+    ids = rng.choice(V, K, replace=False).astype(np.int32)
+    weights = np.maximum(rng.normal(size=K), 0).astype(np.float32) + 0.1
+    return outputs, batch, refs, ids, weights, starts, ends
+
+
+@pytest.mark.parametrize("first,at_end", [(None, True), (None, False), (3, True), (2, False)])
+def test_pact_kl_positions_switches(first, at_end):
+    """loss.kl_first_positions / loss.kl_at_end: the KL summed over exactly the chosen positions
+    (by hand: response index < first, and not the row's last response position)."""
+    from stjax.losses import cross_entropy
+    from stjax.pact.loss import pact_kl_per_position
+    from stjax.pact.objective import kl_positions_mask, pact
+
+    outputs, batch, refs, ids, weights, starts, ends = _objective_case()
+    lam = 0.7
+    loss, count, metrics = pact(ids, weights, 4, lam=lam, first_positions=first, at_end=at_end).loss(
+        outputs, batch, refs)
+    columns = jnp.einsum("bld,dk->blk", outputs.hidden, outputs.output_weights[:, ids])
+    kl, _ = pact_kl_per_position(columns, refs["ref_full"], refs["ref_post"], jnp.asarray(weights),
+                                 batch["response_pos"])
+    chosen = np.zeros(kl.shape, bool)
+    for row, (s, e) in enumerate(zip(starts, ends)):
+        last = e - 1 if at_end else e - 2
+        stop = last if first is None else min(last, s + first - 1)
+        chosen[row, s:stop + 1] = True
+    np.testing.assert_array_equal(np.asarray(kl_positions_mask(batch, first_positions=first, at_end=at_end)) > 0,
+                                  chosen)
+    ce, n = cross_entropy(outputs.hidden, outputs.output_weights, batch["targets"], batch["loss_mask"])
+    want_kl = float((np.asarray(kl) * chosen).sum())
+    np.testing.assert_allclose(float(metrics["kl"]), want_kl, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), float(ce) + lam * want_kl, rtol=1e-5)
+    assert float(count) == float(n) == batch["loss_mask"].sum()  # CE still over every assistant token
+
+
+@pytest.mark.parametrize("loss,message", [
+    ({"kind": "sft", "kl_at_end": False}, "apply to loss.kind pact, not sft"),
+    ({"kind": "pact", "safety_tokens": "x", "kl_first_positions": 0}, "expected a positive number of positions"),
+])
+def test_kl_position_switches_are_validated(tmp_path, loss, message):
+    from trainer_fixtures import make_config
+
+    from stjax.configlib import ConfigKeyError
+
+    with pytest.raises(ConfigKeyError, match=message):
+        make_config(tmp_path, loss=loss)

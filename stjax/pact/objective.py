@@ -7,6 +7,7 @@ reference function (what the frozen model contributes, cacheable per example) an
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,12 +17,29 @@ from stjax.pact.loss import GateSettings, pact_bucket_kl_per_position, pact_kl_p
 from stjax.pact.reference import reference_safety_logits, response_start_shift, shift_rows, unshift_rows
 
 
+def kl_positions_mask(batch: dict, *, first_positions: int | None = None, at_end: bool = True) -> jax.Array:
+    """Where the KL applies [B, L], among the assistant positions: the first `first_positions`
+    response positions only (None: all), and, with at_end=False, not at the last one, whose
+    target is the end-of-turn token (the position where a task answer must end)."""
+    mask = batch["loss_mask"] > 0
+    if first_positions is not None:
+        mask &= batch["response_pos"] < first_positions
+    if not at_end:
+        following = jnp.pad(batch["loss_mask"][:, 1:] > 0, ((0, 0), (0, 1)))
+        mask &= following
+    return mask.astype(jnp.float32)
+
+
 def pact(ids: np.ndarray, weights: np.ndarray, header_len: int, *, lam: float = 1.0, temperature: float = 2.0,
-         gate: GateSettings = GateSettings(), chunk_tokens: int = 512) -> Objective:
+         gate: GateSettings = GateSettings(), chunk_tokens: int = 512, first_positions: int | None = None,
+         at_end: bool = True) -> Objective:
     """ids/weights: the safety tokens (stage 1); header_len: tokens of the chat template's
     assistant header (the response-only sequences start with it); lam: weight of the KL;
-    temperature: T of the KL; chunk_tokens: tokens per chunk of the CE's vocabulary projection."""
+    temperature: T of the KL; chunk_tokens: tokens per chunk of the CE's vocabulary projection;
+    first_positions / at_end: where the KL applies (`kl_positions_mask`; the defaults, every
+    assistant position, are the reference's)."""
     ids, weights = jnp.asarray(ids), jnp.asarray(weights)
+    where = dict(first_positions=first_positions, at_end=at_end)
 
     def reference_fn(reference: Reference, batch):
         r_full, r_post = reference_safety_logits(reference.hidden, reference.output_weights(ids), batch, header_len)
@@ -30,6 +48,8 @@ def pact(ids: np.ndarray, weights: np.ndarray, header_len: int, *, lam: float = 
     def loss(outputs, batch, refs):
         kl, c = pact_kl_per_position(safety_columns(outputs, ids), refs["ref_full"], refs["ref_post"], weights,
                                      batch["response_pos"], temperature=temperature, gate=gate)
+        if first_positions is not None or not at_end:
+            kl = kl * kl_positions_mask(batch, **where)
         return ce_plus(outputs, batch, kl, lam=lam, chunk_tokens=chunk_tokens, gate=c)
 
     return Objective(loss, reference_fn)

@@ -102,6 +102,12 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigKeyError(f"'train.export': {export!r} needs {need}; with "
                                  f"{'LoRA' if config.lora.enabled else 'full fine-tuning'} choose "
                                  f"{'adapter and/or merged' if config.lora.enabled else 'model'}")
+    if config.loss.kind != "pact" and (config.loss.kl_first_positions is not None or not config.loss.kl_at_end):
+        raise ConfigKeyError(f"'loss.kl_first_positions' / 'loss.kl_at_end': apply to loss.kind pact, "
+                             f"not {config.loss.kind}")
+    if config.loss.kl_first_positions is not None and config.loss.kl_first_positions < 1:
+        raise ConfigKeyError(f"'loss.kl_first_positions': expected a positive number of positions, got "
+                             f"{config.loss.kl_first_positions}")
     if config.loss.kind in ("pact", "pact_bucket") and not config.loss.safety_tokens:
         raise ConfigKeyError(f"'loss.safety_tokens': required when loss.kind is {config.loss.kind} "
                              "(run stjax safety-tokens first)")

@@ -40,6 +40,10 @@ class LossSection:
     gate_prefix_n: int = 8
     gate_decay_tau: float = 8.0
     gate_prefix_boost: float = 1.0
+    # where PACT's KL applies (pact only; the defaults are the reference's): the first N response
+    # positions only (null: all), and whether at the last one, whose target ends the turn
+    kl_first_positions: int | None = None
+    kl_at_end: bool = True
     # constrained_sft (Qi et al. 2025): beta_1, beta_2..beta_{early_until}, then beta_late
     beta_first: float = 0.5
     beta_early: float = 2.0
@@ -105,7 +109,8 @@ def build_objective(cfg: LossSection, *, safety_ids=None, safety_weights=None, h
     builders = {
         "sft": lambda: sft(chunk_tokens=chunk),
         "pact": lambda: pact_objectives.pact(safety_ids, safety_weights, header_len, lam=cfg.lam,
-                                             temperature=cfg.temperature, gate=gate_settings(cfg), chunk_tokens=chunk),
+                                             temperature=cfg.temperature, gate=gate_settings(cfg), chunk_tokens=chunk,
+                                             first_positions=cfg.kl_first_positions, at_end=cfg.kl_at_end),
         "pact_bucket": lambda: pact_objectives.pact_bucket(safety_ids, safety_weights, header_len, lam=cfg.lam,
                                                            temperature=cfg.temperature, gate=gate_settings(cfg),
                                                            chunk_tokens=chunk),
