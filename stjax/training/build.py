@@ -81,10 +81,15 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
     tx = make_optimizer(config.optimizer, schedule)
     program = build_program(graphdef, params, rest, objective, tx, mesh, lora=lora.enabled, ref=config.loss.ref,
                             grad_accum=config.train.grad_accum, seed=config.train.seed, rules=rules)
+    checkpointer = Checkpointer(config.checkpoint_dir, keep=config.checkpoint.keep,
+                                async_save=config.checkpoint.async_save)
+    latest = checkpointer.latest_step() if config.train.resume == "auto" else None
     batches = data.batches
     if objective.needs_reference and not program.online:
-        cache = cached_reference(config, objective, program, params, data.examples)
-        batches = CachedBatches(batches, cache)
+        if latest is not None and latest >= total_steps:  # a finished run: no step will read it
+            print(f"reference cache: not needed (the run finished at step {latest})")
+        else:
+            batches = CachedBatches(batches, cached_reference(config, objective, program, params, data.examples))
     state = program.init_state(params)  # donates params: the reference cache is computed before
 
     def write_config() -> None:
@@ -92,8 +97,6 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
-    checkpointer = Checkpointer(config.checkpoint_dir, keep=config.checkpoint.keep,
-                                async_save=config.checkpoint.async_save)
     settings = LoopSettings(total_steps, log_every=config.train.log_every,
                             checkpoint_every=config.checkpoint.every_steps, resume=config.train.resume == "auto",
                             progress=config.logging.progress, tensorboard=config.logging.tensorboard)
