@@ -33,13 +33,7 @@ class LossSection:
     # PACT
     safety_tokens: str | None = None  # output directory of stjax safety-tokens
     temperature: float = 2.0
-    gate_top_p: float = 0.9
-    gate_alpha: float = 2.0
-    gate_bias: float = 0.0
-    gate_temperature: float = 1.0
-    gate_prefix_n: int = 8
-    gate_decay_tau: float = 8.0
-    gate_prefix_boost: float = 1.0
+    gate: GateSettings = dataclasses.field(default_factory=GateSettings)  # loss.gate.top_p, ... (pact.loss)
     # where PACT's KL applies (pact only; the defaults are the reference's): the first N response
     # positions only (null: all), and whether at the last one, whose target ends the turn
     kl_first_positions: int | None = None
@@ -97,22 +91,16 @@ def constrained_sft(*, beta_first: float = 0.5, beta_early: float = 2.0, beta_la
     return Objective(loss, reference_fn)
 
 
-def gate_settings(cfg: LossSection) -> GateSettings:
-    return GateSettings(top_p=cfg.gate_top_p, alpha=cfg.gate_alpha, bias=cfg.gate_bias,
-                        temperature=cfg.gate_temperature, prefix_n=cfg.gate_prefix_n,
-                        decay_tau=cfg.gate_decay_tau, prefix_boost=cfg.gate_prefix_boost)
-
-
 def build_objective(cfg: LossSection, *, safety_ids=None, safety_weights=None, header_len: int = 0) -> Objective:
     """The objective of a loss section (PACT's needs the safety tokens and the header length)."""
     chunk = cfg.chunk_tokens
     builders = {
         "sft": lambda: sft(chunk_tokens=chunk),
         "pact": lambda: pact_objectives.pact(safety_ids, safety_weights, header_len, lam=cfg.lam,
-                                             temperature=cfg.temperature, gate=gate_settings(cfg), chunk_tokens=chunk,
+                                             temperature=cfg.temperature, gate=cfg.gate, chunk_tokens=chunk,
                                              first_positions=cfg.kl_first_positions, at_end=cfg.kl_at_end),
         "pact_bucket": lambda: pact_objectives.pact_bucket(safety_ids, safety_weights, header_len, lam=cfg.lam,
-                                                           temperature=cfg.temperature, gate=gate_settings(cfg),
+                                                           temperature=cfg.temperature, gate=cfg.gate,
                                                            chunk_tokens=chunk),
         "kl": lambda: kl_baseline(lam=cfg.lam, chunk_tokens=chunk),
         "constrained_sft": lambda: constrained_sft(beta_first=cfg.beta_first, beta_early=cfg.beta_early,
