@@ -26,8 +26,9 @@ def main(argv: list[str]) -> int:
     from stjax.pact.stage1 import SafetyTokensConfig, run
     from stjax.training.agreement import check_same_config
 
-    cfg = resolve_locations(from_dict(SafetyTokensConfig, apply_overrides(read_yaml(args.config), args.overrides)))
-    start_distributed(args)
+    cfg = from_dict(SafetyTokensConfig, apply_overrides(read_yaml(args.config), args.overrides))
+    start_distributed(args)  # before any JAX work, which building a toy:// asset may be
+    cfg = resolve_locations(cfg)
     check_same_config(cfg)  # every process computes the same tokens; process 0 writes them
     result, tokenizer, out = run(cfg, progress=jax.process_index() == 0)
     if jax.process_index() != 0:

@@ -19,8 +19,9 @@ def main(argv: list[str]) -> int:
     from stjax.training.agreement import check_run
     from stjax.training.config import load_train_config
 
-    config = resolve_locations(load_train_config(args.config, args.overrides))
-    start_distributed(args)
+    config = load_train_config(args.config, args.overrides)
+    start_distributed(args)  # before any JAX work, which building a toy:// asset may be
+    config = resolve_locations(config)
     check_run(config)  # every process runs the same config on a mesh that fits them
 
     from stjax.training.build import build_trainer

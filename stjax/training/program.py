@@ -33,12 +33,13 @@ class TrainProgram:
     frozen_shardings: Frozen
     state_shardings: TrainState
     batch_sharding: NamedSharding
-    init: Callable[[nnx.State], TrainState]  # trained params -> sharded TrainState (donates the params)
+    init_state: Callable[[nnx.State], TrainState]  # trained params -> sharded TrainState (donates the params)
     abstract_state: TrainState  # shapes, dtypes and shardings of the state
     step: Callable  # jitted (state, frozen, batch) -> (state, metrics), state donated
 
-    def init_state(self, params: nnx.State) -> TrainState:
-        return self.init(params)
+    def device_batch(self, batch: dict) -> dict:
+        """Host rows -> global arrays sharded over the batch mesh axes."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
 
 
 def _is_abstract(tree) -> bool:

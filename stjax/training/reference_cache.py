@@ -194,12 +194,9 @@ def cached_reference(config, objective, program, params, examples: Sequence[Toke
         return load_cache(directory)
     print(f"reference cache: computing over {len(examples)} examples ({why})")
 
-    def put_batch(batch: dict) -> dict:
-        return {k: jax.make_array_from_process_local_data(program.batch_sharding, v) for k, v in batch.items()}
-
     cache = precompute_reference(objective.reference_fn, program.graphdef, params, program.frozen, examples,
                                  batch_size=config.train.batch_size, max_len=config.data.max_len,
-                                 buckets=config.data.buckets, put_batch=put_batch, progress=config.logging.progress)
+                                 buckets=config.data.buckets, put_batch=program.device_batch, progress=config.logging.progress)
     if local and jax.process_index() == 0 and cache:
         save_cache(directory, key, cache)
     return cache

@@ -64,10 +64,6 @@ class Trainer:
     export: Callable[[nnx.Module], Path | None] | None = None  # trained model -> export directory
     on_start: Callable[[], None] | None = None  # e.g. write the resolved config
 
-    @property
-    def frozen(self):
-        return self.program.frozen
-
     def maybe_resume(self) -> int:
         latest = self.checkpointer.latest_step()
         if not self.settings.resume or latest is None:
@@ -75,11 +71,6 @@ class Trainer:
         self.state, data_state = self.checkpointer.restore(latest, self.state, self.program.state_shardings)
         self.batches.set_state(data_state)
         return latest
-
-    def device_batch(self, batch: dict) -> dict:
-        """Host rows -> global arrays sharded over the batch mesh axes."""
-        sharding = self.program.batch_sharding
-        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
     def trained_model(self) -> nnx.Module:
         return nnx.merge(self.program.graphdef, self.state.params, self.program.frozen.rest)
@@ -124,7 +115,7 @@ class Trainer:
             with StopRequest() as stop:
                 agreement = StopAgreement()  # every process stops at the same step
                 while step < cfg.total_steps:
-                    batch = self.device_batch(next(batches))
+                    batch = self.program.device_batch(next(batches))
                     self.state, metrics = self.program.step(self.state, self.program.frozen, batch)
                     step += 1
                     if pending is not None:  # read the previous step while this one runs
