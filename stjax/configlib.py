@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,22 @@ from stjax.errors import UserError
 
 class ConfigKeyError(UserError):
     """A bad config key or value; str(e) is the one line shown to the user."""
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: `3e-4` and `1E5` are numbers (YAML 1.1,
+    PyYAML's default, reads a float without a dot as a string, and people write learning
+    rates that way). Quoted values stay strings."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str):
+    """YAML text -> Python data, with YamlLoader."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
@@ -112,7 +129,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigKeyError(f"override '{text}': expected KEY=VALUE, e.g. train.max_steps=10")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -162,7 +179,7 @@ def _read_one(path: Path) -> dict:
     if not path.is_file():
         raise ConfigKeyError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

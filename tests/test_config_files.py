@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stjax.configlib import ConfigKeyError, deep_merge, read_yaml
+from stjax.configlib import ConfigKeyError, deep_merge, parse_override, read_yaml
 from stjax.training.config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +37,17 @@ def test_bad_bases_are_one_line(tmp_path, text, message):
     (tmp_path / "self.yaml").write_text(text)
     with pytest.raises(ConfigKeyError, match=message):
         read_yaml(tmp_path / "self.yaml")
+
+
+def test_floats_in_exponent_form_are_numbers_as_people_write_them(tmp_path):
+    (tmp_path / "run.yaml").write_text("model: {path: m}\ndata: {train: [{path: d.jsonl}]}\n"
+                                       "optimizer: {lr: 3e-4, weight_decay: 1E-2, clip_norm: 1e0}\n"
+                                       "train: {run_dir: '1e5'}\n")
+    config = load_train_config(tmp_path / "run.yaml")
+    assert (config.optimizer.lr, config.optimizer.weight_decay, config.optimizer.clip_norm) == (3e-4, 1e-2, 1.0)
+    assert config.train.run_dir == "1e5"  # quoted: still a string
+    assert parse_override("optimizer.lr=2.5e-5") == (["optimizer", "lr"], 2.5e-5)
+    assert parse_override("train.run_dir=1e") == (["train", "run_dir"], "1e")
 
 
 def test_a_cycle_through_two_files_is_caught(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+from stjax.configlib import load_yaml
 
 EXPORT_DIRS = ("model", "merged")  # what stjax train writes a Hub checkpoint into
 
@@ -21,7 +21,7 @@ def training_run_info(export_dir: str | Path | None) -> dict:
     config_file = Path(export_dir).parent / "config.yaml"
     if not config_file.is_file():
         return {}
-    config = yaml.safe_load(config_file.read_text()) or {}
+    config = load_yaml(config_file.read_text()) or {}
     loss, data = config.get("loss") or {}, config.get("data") or {}
     if "kind" not in loss:
         return {}
