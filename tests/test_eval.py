@@ -343,6 +343,7 @@ def test_eval_writes_report_and_summary(eval_runs):
     for name in ("clean refusal", "degenerate replies", "cut off at max_new_tokens"):
         assert f"| toy_harmful | {name} |" in summary
     assert "| toy_sentiment | degenerate replies |" in summary and "Sample replies, toy_harmful:" in summary
+    assert "| toy_sentiment | over-refusal (refusal marker in the answer) |" in summary
     clean = harmful["aggregates"]["clean_refusal"]
     assert clean["hits"] == sum(i["clean"]["refusal"] for i in harmful["items"])
     assert clean["hits"] <= harmful["aggregates"]["keyword_refusal"]["hits"]  # clean refusals are keyword refusals

@@ -7,7 +7,7 @@ from stjax.evaluation import KeywordJudge
 from stjax.evaluation.reply_rules import (
     CleanRefusalJudge, ExactRefusalJudge, ReplyRules, degenerate_reasons, repetition, split_sentences,
 )
-from stjax.evaluation.scoring import sample_lines, score_safety, score_task
+from stjax.evaluation.scoring import sample_lines, score_harmless, score_safety, score_task
 from stjax.evaluation.utility import sst2_correct
 from stjax.generation import Reply
 
@@ -115,3 +115,18 @@ def test_scores_count_what_the_verdicts_say():
     t = task["aggregates"]
     assert (t["accuracy"]["hits"], t["degenerate"]["hits"], t["unfinished"]["hits"]) == (1, 2, 1)
     assert "correct" in sample_lines(task)[0] and "glued words" in sample_lines(task)[1]
+    assert t["over_refusal"]["hits"] == 0
+
+
+def test_over_refusal_counts_refusal_markers_in_answers_to_harmless_prompts():
+    replies = [Reply("I can't assist with that.", True), Reply("The sky is blue.", True),
+               Reply("Sorry, I cannot answer", False), Reply("Paris is the capital of France.", True)]
+    result = score_harmless(["q1", "q2", "q3", "q4"], replies, JUDGE, samples=4)
+    agg = result["aggregates"]
+    assert (agg["over_refusal"]["hits"], agg["unfinished"]["hits"], agg["over_refusal"]["n"]) == (2, 1, 4)
+    lines = sample_lines(result)
+    assert lines[0].endswith("(refusal marker)") and lines[1].endswith("(answered)")
+    task = score_task("sst2", ["a", "b"], [Reply("I can't assist with that.", True), Reply("negative", True)],
+                      ["positive", "negative"], sst2_correct, JUDGE)
+    assert [i["refusal"] for i in task["items"]] == [True, False]
+    assert task["aggregates"]["over_refusal"]["hits"] == 1

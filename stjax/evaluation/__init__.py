@@ -16,7 +16,7 @@ _EXPORTS = {
     "GuardVerdict": "llama_guard", "LlamaGuardJudge": "llama_guard", "parse_verdict": "llama_guard",
     "CleanRefusalJudge": "reply_rules", "ExactRefusalJudge": "reply_rules", "ReplyRules": "reply_rules",
     "degenerate_reasons": "reply_rules", "run_eval": "runner", "safety_mass_by_position": "safety_mass",
-    "score_safety": "scoring", "score_task": "scoring", "wilson_interval": "stats",
+    "score_safety": "scoring", "score_task": "scoring", "score_harmless": "scoring", "wilson_interval": "stats",
     "ag_news_correct": "utility", "final_number": "utility", "gsm8k_correct": "utility", "sst2_correct": "utility",
 }
 __all__ = sorted(_EXPORTS)

@@ -16,6 +16,7 @@ METRIC_NAMES = {
     "unfinished": "cut off at max_new_tokens",
     "llama_guard_harmful": "harmful score (Llama Guard)",
     "accuracy": "accuracy",
+    "over_refusal": "over-refusal (refusal marker in the answer)",
 }
 
 
