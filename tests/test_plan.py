@@ -168,7 +168,7 @@ TRAIN_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml")
 def test_reference_configs_exist():
     names = {p.stem for p in TRAIN_CONFIGS}
     assert names == {f"{m}_{t}_{k}" for m in ("llama31_8b", "qwen25_7b") for t in ("sst2", "agnews", "gsm8k")
-                     for k in ("sft", "pact")}
+                     for k in ("sft", "pact")} | {f"{m}_sst2_refusal_mix" for m in ("llama31_8b", "qwen25_7b")}
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.stem)

@@ -17,6 +17,7 @@ from stjax.lora import LoraSection
 from stjax.models.sections import MeshSection, ModelSection, mesh_rules
 from stjax.training.objectives import LossSection
 from stjax.training.optimizer import OptimizerSection
+from stjax.training.presets import apply_preset
 
 
 Export = Literal["adapter", "merged", "model"]
@@ -115,5 +116,6 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    data = apply_overrides(read_yaml(path), list(overrides))
+    """The file (with its `base:` files), then the overrides, then its `preset:` under both."""
+    data = apply_preset(apply_overrides(read_yaml(path), list(overrides)))
     return validate(from_dict(TrainConfig, data))

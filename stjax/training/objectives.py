@@ -10,6 +10,7 @@ section turns into factory arguments (see `stjax.objective` for what an objectiv
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 import jax
@@ -22,11 +23,15 @@ from stjax.pact import objective as pact_objectives
 from stjax.pact.loss import GateSettings
 
 
+LossKind = Literal["sft", "pact", "kl", "constrained_sft", "pact_bucket"]
+LOSS_KINDS = typing.get_args(LossKind)
+
+
 @dataclasses.dataclass
 class LossSection:
     """`kind` picks the objective; the other keys parametrize the ones that use them."""
 
-    kind: Literal["sft", "pact", "kl", "constrained_sft", "pact_bucket"] = "sft"
+    kind: LossKind = "sft"
     chunk_tokens: int = 512  # tokens per chunk of the vocabulary projection
     lam: float = 1.0  # weight of the KL term (PACT's lambda; kl baseline too)
     ref: Literal["online", "cached"] = "cached"  # reference logits: in the step, or precomputed once
