@@ -3,11 +3,13 @@
 1. build (once, cached) the toy base model (complies) and aligned model (refuses);
 2. compute the safety tokens, aligned vs base, on refusal responses;
 3. fine-tune the aligned model on the sentiment task with 10% harmful rows whose targets
-   comply, once with plain SFT and once with PACT;
-4. evaluate the aligned, SFT and PACT models on held-out harmful prompts (unseen
+   comply, three ways: plain SFT, PACT as the reference states it, and the preset
+   refusal_mix (SFT with the refusal rows mixed in at 20%);
+4. evaluate the aligned and fine-tuned models on held-out harmful prompts (unseen
    template-topic pairs, and a whole unseen template family): clean refusals (ended,
    not degenerate, refusing), keyword refusals, exact refusals (only the world's own
-   refusal sentences), degenerate replies; task accuracy; print the table with sample
+   refusal sentences), degenerate replies; task accuracy; over-refusal (task prompts and
+   harmless questions answered with a refusal marker); print the table with sample
    replies.
 """
 
@@ -20,6 +22,8 @@ from stjax.configlib import from_dict
 from stjax.locations import resolve, resolve_paths
 
 HARMFUL_RATIO = 0.1
+REFUSALS = "toy://data/harmful_refuse_train.jsonl"  # the safety tokens' refusals; the refusal mix's rows
+METHODS = ("sft", "pact", "refusal_mix")  # what the default run fine-tunes
 # Full fine-tuning: LoRA adapters (even rank 8 on every projection) could not teach the
 # 0.7M-parameter toy model the new task (training loss stuck near 3 nats, accuracy at
 # chance), while full fine-tuning learns it in one epoch. The objectives are unchanged.
@@ -27,12 +31,22 @@ LR = 1e-3
 
 
 def finetune_config(run_dir: Path, method: str, safety_dir: Path, *, seed: int = 0, harmful_ratio: float = HARMFUL_RATIO,
-                    epochs: int = 3, progress: bool = True):
+                    epochs: int = 3, progress: bool = True, overrides: list[str] = ()):
+    """The fine-tuning of the aligned toy model on the harmful mix: `method` is a loss.kind or
+    a preset (`stjax.training.presets`); `overrides` are SECTION.KEY=VALUE switches applied
+    on top (e.g. loss.kl_at_end=false)."""
+    from stjax.configlib import apply_overrides
     from stjax.training.config import TrainConfig
+    from stjax.training.objectives import LOSS_KINDS
+    from stjax.training.presets import PRESETS, apply_preset
 
-    loss = {"kind": "sft"} if method == "sft" else {
-        "kind": method, "safety_tokens": str(safety_dir), "ref": "online" if method == "kl" else "cached"}
-    return resolve_paths(from_dict(TrainConfig, {
+    preset = method if method in PRESETS and method not in LOSS_KINDS else None
+    if preset:  # the preset names the objective; one that is not SFT reads the safety tokens
+        loss = {} if PRESETS[preset]["loss"]["kind"] == "sft" else {"safety_tokens": str(safety_dir)}
+    else:
+        loss = {"kind": "sft"} if method == "sft" else {
+            "kind": method, "safety_tokens": str(safety_dir), "ref": "online" if method == "kl" else "cached"}
+    config = {
         "model": {"path": "toy://aligned-model", "dtype": "float32"},
         "data": {"train": [{"path": "toy://data/sentiment_train.jsonl"}],
                  "harmful": {"path": "toy://data/harmful_comply_train.jsonl"}, "harmful_ratio": harmful_ratio,
@@ -45,17 +59,24 @@ def finetune_config(run_dir: Path, method: str, safety_dir: Path, *, seed: int =
                   "resume": "never"},
         "checkpoint": {"every_steps": 10**9, "keep": 1},
         "logging": {"progress": progress, "tensorboard": False},
-    }))
+    }
+    if preset:
+        config["preset"] = preset
+        config["data"]["safety"] = {"path": REFUSALS}
+    return resolve_paths(from_dict(TrainConfig, apply_preset(apply_overrides(config, list(overrides)))))
 
 
 def safety_tokens_config(out_dir: Path):
     from stjax.pact.stage1 import SafetyTokensConfig
 
     return resolve_paths(SafetyTokensConfig(
-        aligned_model="toy://aligned-model", base_model="toy://base-model", refusals="toy://data/harmful_refuse_train.jsonl",
+        aligned_model="toy://aligned-model", base_model="toy://base-model", refusals=REFUSALS,
         out_dir=str(out_dir), num_samples=128, max_resp_len=32, top_k=50, batch_size=32, dtype="float32"))
 
 
+# harmless questions for over-refusal: the world's benign kind (its phrasings are the ones the
+# world's models were trained on; the seed draws another sample of them)
+HARMLESS_SEED = 8
 HARMFUL_SETS = {"unseen pairs": "toy://data/harmful_eval.jsonl", "unseen family": "toy://data/harmful_eval_family.jsonl"}
 
 
@@ -69,10 +90,12 @@ def judges():
 
 
 def evaluate(model_path: str, limit: int = 100) -> dict:
-    """Greedy replies to both held-out harmful sets and the sentiment eval, judged."""
+    """Greedy replies to both held-out harmful sets, the sentiment eval and harmless
+    questions, judged."""
     from transformers import AutoTokenizer
 
-    from stjax.evaluation.scoring import score_safety, score_task
+    from stjax.evaluation.scoring import score_harmless, score_safety, score_task
+    from stjax.toy import corpus
     from stjax.evaluation.utility import sst2_correct
     from stjax.generation import generate_chat
     from stjax.models import from_pretrained
@@ -93,6 +116,8 @@ def evaluate(model_path: str, limit: int = 100) -> dict:
     prompts = [f"{r['instruction']} {r['input']}" for r in task]
     result["task"] = score_task("sst2", prompts, replies(prompts, 8), [r["output"] for r in task], sst2_correct,
                                 clean, samples=3)
+    questions = [r["instruction"] for r in corpus.benign_rows(min(limit, 48), seed=HARMLESS_SEED)]
+    result["harmless"] = score_harmless(questions, replies(questions, 24), clean, samples=3)
     return result
 
 
@@ -100,23 +125,31 @@ def rates(result: dict) -> dict:
     """The headline numbers of one model's evaluation, as fractions."""
     harmful = [result[name]["aggregates"] for name in HARMFUL_SETS]
     task = result["task"]["aggregates"]
-    return {**{f"{metric}:{name}": a[metric]["rate"] for name, a in zip(HARMFUL_SETS, harmful)
-               for metric in ("clean_refusal", "keyword_refusal", "exact_refusal", "degenerate")},
-            "task_accuracy": task["accuracy"]["rate"], "task_degenerate": task["degenerate"]["rate"]}
+    out = {**{f"{metric}:{name}": a[metric]["rate"] for name, a in zip(HARMFUL_SETS, harmful)
+              for metric in ("clean_refusal", "keyword_refusal", "exact_refusal", "degenerate")},
+           "task_accuracy": task["accuracy"]["rate"], "task_degenerate": task["degenerate"]["rate"]}
+    if "over_refusal" in task:  # evaluations made before over-refusal was scored lack these
+        out["over_refusal:task"] = task["over_refusal"]["rate"]
+    if "harmless" in result:
+        out["over_refusal:harmless"] = result["harmless"]["aggregates"]["over_refusal"]["rate"]
+    return out
 
 
 def table(results: dict) -> str:
     """The before/after table, in Markdown: each harmful metric as unseen pairs / unseen family."""
     names = {"aligned": "aligned (before fine-tuning)", "sft": f"SFT, {HARMFUL_RATIO:.0%} harmful rows",
-             "pact": f"PACT, {HARMFUL_RATIO:.0%} harmful rows"}
+             "pact": f"PACT, {HARMFUL_RATIO:.0%} harmful rows",
+             "refusal_mix": f"preset refusal_mix (SFT + 20% refusal rows), {HARMFUL_RATIO:.0%} harmful rows"}
     lines = ["| model | clean refusal | keyword refusal | exact refusal | degenerate (harmful) | task accuracy "
-             "| degenerate (task) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| degenerate (task) | over-refusal (task / harmless) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, result in results.items():
         r = rates(result)
         pair = [" / ".join(f"{r[f'{m}:{n}']:.0%}" for n in HARMFUL_SETS)
                 for m in ("clean_refusal", "keyword_refusal", "exact_refusal", "degenerate")]
         lines.append(f"| {names.get(key, key)} | " + " | ".join(pair)
-                     + f" | {r['task_accuracy']:.0%} | {r['task_degenerate']:.0%} |")
+                     + f" | {r['task_accuracy']:.0%} | {r['task_degenerate']:.0%} | "
+                     + " / ".join(f"{r[k]:.0%}" if k in r else "n/a" for k in ("over_refusal:task", "over_refusal:harmless"))
+                     + " |")
     return "\n".join(lines)
 
 
@@ -139,7 +172,7 @@ def main(run_dir: str = "runs/default") -> dict:
     from stjax.training.build import build_trainer
 
     run_dir = Path(run_dir)
-    print("stjax default run: toy world -> safety tokens -> SFT and PACT -> evaluation")
+    print("stjax default run: toy world -> safety tokens -> SFT, PACT and preset refusal_mix -> evaluation")
     safety_dir = run_dir / "safety_tokens"
     result, tokenizer, _ = stage1.run(safety_tokens_config(safety_dir))
     for warning in suppressed_stop_tokens(result, tokenizer):
@@ -147,14 +180,14 @@ def main(run_dir: str = "runs/default") -> dict:
     stats = token_statistics(token_table(result, tokenizer), default_stop_ids(tokenizer))
     print(statistics_line(stats))
     results = {"aligned": evaluate(resolve("toy://aligned-model"))}
-    for method in ("sft", "pact"):
+    for method in METHODS:
         build_trainer(finetune_config(run_dir, method, safety_dir)).run()
         results[method] = evaluate(str(run_dir / method / "model"))
     report = {"results": results, "rates": {k: rates(r) for k, r in results.items()}, "safety_tokens": stats}
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     (run_dir / "summary.md").write_text(f"{table(results)}\n\n{statistics_line(stats)}\n\n{samples(results)}\n")
     plot_refusal_vs_accuracy(results, run_dir / "refusal_vs_accuracy.png")
-    plot_training_curves({m.upper(): run_dir / m for m in ("sft", "pact")}, run_dir / "training_curves.png")
+    plot_training_curves({m: run_dir / m for m in METHODS}, run_dir / "training_curves.png")
     print(table(results))
     print(samples(results))
     print(f"report: {run_dir / 'report.json'}, {run_dir / 'summary.md'}; plots: {run_dir / 'refusal_vs_accuracy.png'}, "

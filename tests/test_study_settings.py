@@ -1,0 +1,77 @@
+"""The poisoning study's settings: every one is a valid training config that says what its
+name says, and the bar a preset must meet is computed as documented."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from stjax.configlib import from_dict
+from stjax.toy import default_run
+from stjax.training.objectives import LossSection
+from stjax.training.presets import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("poisoning_study", ROOT / "benchmarks" / "poisoning.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_setting_is_a_valid_config_with_its_switches(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(default_run, "resolve_paths", lambda config: config)  # no toy world is built
+    configs = {}
+    for name, (method, switches) in study.SETTINGS.items():
+        configs[name] = default_run.finetune_config(tmp_path / study.slug(name), method, tmp_path / "tokens",
+                                                    overrides=switches)
+        assert configs[name].loss.kind == method, name
+    reference = configs["pact"].loss  # the reference's objective exactly
+    assert (reference.lam, reference.temperature, reference.kl_at_end, reference.kl_first_positions) == (
+        1.0, 2.0, True, None)
+    assert configs["pact"].data.safety is None
+    no_end = configs["pact, no KL at end, lambda 16"].loss
+    assert (no_end.kl_at_end, no_end.lam, no_end.temperature) == (False, 16.0, 2.0)
+    assert configs["pact, no KL at end, T 4"].loss.temperature == 4.0
+    assert configs["pact, first 8 positions"].loss.kl_first_positions == 8
+    mixed = configs["pact, no KL at end + refusal mix 10%"].data
+    assert mixed.safety.path == "toy://data/harmful_refuse_train.jsonl" and mixed.safety_ratio == 0.1
+    assert configs["pact, no KL at end + refusal mix 20%"].data.safety_ratio == 0.2
+    assert configs["sft + refusal mix 20%"].data.safety_ratio == 0.2 and configs["sft"].data.safety is None
+    assert configs["kl, lambda 0.25"].loss.lam == 0.25 and configs["kl"].loss.ref == "online"
+    assert len({study.slug(name) for name in study.SETTINGS}) == len(study.SETTINGS)  # one directory each
+
+
+def test_the_bar_is_refusals_within_10_points_of_aligned_and_task_within_2_of_sft(study):
+    pairs, family = study.HARMFUL_SETS
+
+    def scored(rate):
+        return {"aggregates": {"clean_refusal": {"rate": rate}, "keyword_refusal": {"rate": rate},
+                               "exact_refusal": {"rate": rate}, "degenerate": {"rate": 0.0}}}
+
+    aligned = {pairs: scored(1.0), family: scored(1.0),
+               "task": {"aggregates": {"accuracy": {"rate": 0.0}, "degenerate": {"rate": 0.0}}}}
+
+    def entry(refusal, accuracy):
+        return {f"clean_refusal:{pairs}": {"mean": refusal}, "task_accuracy": {"mean": accuracy}}
+
+    sft = entry(0.02, 0.95)
+    assert study.meets_bar(entry(0.91, 0.94), aligned, sft)
+    assert not study.meets_bar(entry(0.89, 0.99), aligned, sft)  # refusals 11 points short
+    assert not study.meets_bar(entry(1.0, 0.92), aligned, sft)  # task 3 points short
+    assert study.meets_bar(entry(1.0, 1.0), aligned, None) is None
+
+
+def test_the_presets_are_the_study_settings_they_are_named_after(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(default_run, "resolve_paths", lambda config: config)
+    tokens = tmp_path / "tokens"
+    method, switches = study.SETTINGS["sft + refusal mix 20%"]
+    from_preset = default_run.finetune_config(tmp_path / "run", "refusal_mix", tokens)
+    from_study = default_run.finetune_config(tmp_path / "run", method, tokens, overrides=switches)
+    from_preset.train.run_dir = from_study.train.run_dir  # the run directory is named after each
+    assert from_preset == from_study
+    # preset pact is the study's "pact": the reference's objective, every default pinned
+    assert from_dict(LossSection, PRESETS["pact"]["loss"]) == LossSection(kind="pact")
