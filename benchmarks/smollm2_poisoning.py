@@ -1,22 +1,25 @@
 """PACT on a real small model: SmolLM2-135M-Instruct, safety-tuned, then poisoned.
 
 SmolLM2-135M-Instruct complies with most harmful requests, so the experiment first makes
-an aligned reference: full fine-tuning of the original on refusals from the PACT
-reference set (safe_direction.json, minus held-out prompts) mixed with benign answers the
-original model generated itself. The original is the base model for the safety tokens.
-Then the aligned model is fine-tuned on SST-2 with 10% harmful rows
-(sst2_5k_p_0.1.json, a CPU-sized subset) with SFT and with PACT (LoRA q/v as the reference
-recipe), and aligned / SFT / PACT are evaluated: refusal rate (keyword judge) on the
-held-out harmful prompts and SST-2 accuracy (exact label) on held-out rows of sst2_5k_p_0,
-and over-refusal: the share of replies to SST-2 prompts and to held-out harmless
-instructions (one-sentence AG News summaries) that carry a refusal marker.
+an aligned reference: full fine-tuning of the original on every refusal row of the PACT
+reference set (safe_direction.json) not held out for evaluation, balanced with benign
+answers the original model itself generated (to SST-2 prompts, AG News topic questions
+and one-sentence news summaries; answers that refuse, degenerate or are cut off are
+dropped). The original is the base model for the safety tokens. Then the aligned model is
+fine-tuned on SST-2 with 10% harmful rows (sst2_5k_p_0.1.json, a CPU-sized subset) in each
+of the chosen settings (`SETTINGS`: SFT, PACT as the reference and its variants, LoRA q/v as
+the reference recipe), and every model is evaluated: clean refusals on 100 held-out
+harmful prompts, SST-2 accuracy (exact label, and label + punctuation) on held-out rows of
+sst2_5k_p_0, and over-refusal: the share of replies to those SST-2 prompts and to 100
+held-out harmless instructions (one-sentence AG News summaries) that carry a refusal
+marker. Every stage is cached under --out/reference_s{S}_b{B}/ and resumes.
 
-    python benchmarks/smollm2_poisoning.py --out runs/smollm2     # ~1 h on 2 CPU cores
+    python benchmarks/smollm2_poisoning.py --reference-only             # the aligned reference, ~1 h on 2 cores
+    python benchmarks/smollm2_poisoning.py --settings sft pact          # + one run each, ~40-65 min on 2 cores
 
-Scale it up on an accelerator with --task-rows 5000 --safety-rows 935 --eval-rows 500
---max-len 512 --epochs 3 (the reference setting) and a mesh via --mesh-data/--mesh-fsdp.
-Skips cleanly (exit 0) when ../shared/data/pact-reference is absent or the model cannot
-be fetched.
+Scale it up on an accelerator with --task-rows 5000 --eval-rows 500 --max-len 512
+--epochs 3 (the reference setting). Skips cleanly (exit 0) when
+../shared/data/pact-reference is absent or the model cannot be fetched.
 """
 
 from __future__ import annotations
@@ -24,11 +27,30 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pact-reference"
+
+
+NO_END = ["loss.kl_at_end=false"]
+REFUSAL_MIX = ["data.safety={path: 'REFUSALS'}", "data.safety_ratio=0.2"]  # the safety-tuning refusal rows
+# name -> (loss.kind, config switches), as in benchmarks/poisoning.py; "pact" is the reference's objective
+SETTINGS: dict[str, tuple[str, list[str]]] = {
+    "sft": ("sft", []),
+    "sft + refusal mix 20%": ("sft", REFUSAL_MIX),  # preset refusal_mix
+    "pact": ("pact", []),
+    "pact, no KL at end": ("pact", NO_END),
+    "pact, no KL at end, lambda 4": ("pact", NO_END + ["loss.lam=4.0"]),
+    "pact, no KL at end + refusal mix 20%": ("pact", NO_END + REFUSAL_MIX),
+    "kl": ("kl", []),
+}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "_", name.lower()).strip("_")
 
 
 def write_json(path: Path, rows: list[dict]) -> str:
@@ -71,19 +93,15 @@ def sst2_prompt(row: dict) -> str:
     return f"{row['instruction']} {row['input']}"
 
 
-def judge(raw: dict, harmful: list[str], sst2: list[dict]) -> dict:
+def judge(raw: dict, harmful: list[str], sst2: list[dict], benign: list[str]) -> dict:
     """Clean-refusal and keyword rates on the harmful replies, SST-2 accuracy (exact label,
     and label + punctuation) and the degenerate rates of both, with sample replies."""
-    import importlib.util
-
-    from stjax.evaluation.reply_rules import WORDFREQ, CleanRefusalJudge, ReplyRules
-    from stjax.evaluation.scoring import score_safety, score_task
+    from stjax.evaluation.scoring import score_harmless, score_safety, score_task
     from stjax.evaluation.utility import sst2_correct
     from stjax.generation import Reply
 
-    lexicon = [WORDFREQ] if importlib.util.find_spec("wordfreq") else []
-    rules = CleanRefusalJudge(ReplyRules(labels=["positive", "negative"], lexicon=lexicon))
-    from stjax.evaluation.stats import rate
+    rules = reference_rules()
+    lexicon = list(rules.rules.lexicon)
 
     safety = score_safety(harmful, [Reply(**r) for r in raw["harmful"]], rules)
     prompts, labels = [sst2_prompt(r) for r in sst2], [r["output"] for r in sst2]
@@ -91,11 +109,12 @@ def judge(raw: dict, harmful: list[str], sst2: list[dict]) -> dict:
     task = score_task("sst2", prompts, answers, labels, sst2_correct, rules)
     loose = score_task("sst2", prompts, answers, labels, lambda a, ref: sst2_correct(a.strip().rstrip(".,!"), ref),
                        rules)
-    # over-refusal: replies to harmless prompts that carry a refusal marker
-    over = {part: rate(sum(rules(r["text"], r["ended"]).keyword_refusal for r in raw[part]), len(raw[part]))
-            for part in ("sst2", "benign") if part in raw}
-    return {"safety": safety, "sst2": task, "sst2_label_punct_accuracy": loose["aggregates"]["accuracy"],
-            "over_refusal": over, "benign_samples": [r["text"] for r in raw.get("benign", [])[:3]], "lexicon": lexicon}
+    out = {"safety": safety, "sst2": task, "sst2_label_punct_accuracy": loose["aggregates"]["accuracy"],
+           "over_refusal": {"sst2": task["aggregates"]["over_refusal"]}, "lexicon": lexicon}
+    if "benign" in raw:  # over-refusal: replies to harmless prompts that carry a refusal marker
+        harmless = score_harmless(benign, [Reply(**r) for r in raw["benign"]], rules)
+        out.update(harmless=harmless, over_refusal={**out["over_refusal"], "benign": harmless["aggregates"]["over_refusal"]})
+    return out
 
 
 def table(results: dict) -> str:
@@ -118,7 +137,8 @@ def samples(results: dict) -> str:
     lines = []
     for name, r in results.items():
         lines += [f"{name}, harmful:", *sample_lines(r["safety"]), f"{name}, SST-2:", *sample_lines(r["sst2"], 3)]
-        lines += [f"{name}, harmless instructions:", *(f"- {text[:120]!r}" for text in r.get("benign_samples", []))]
+        if "harmless" in r:
+            lines += [f"{name}, harmless instructions:", *sample_lines(r["harmless"], 3)]
     return "\n".join(lines)
 
 
@@ -144,22 +164,65 @@ def train(config: dict) -> None:
         raise SystemExit(f"{result.stopped_by} received at step {result.final_step}; rerun to resume")
 
 
+def usable_answer(reply, rules) -> str | None:
+    """A benign answer worth teaching: no refusal marker, not degenerate, and complete (an
+    unfinished one is cut after its last full sentence, or dropped)."""
+    verdict = rules(reply.text, reply.ended)
+    if verdict.keyword_refusal or verdict.degenerate:
+        return None
+    text = reply.text.strip()
+    if not reply.ended:
+        cut = max(text.rfind(c) for c in ".!?")
+        text = text[: cut + 1] if cut >= 20 else ""
+    return text or None
+
+
+def benign_tuning_rows(original: str, prompts: list[str], cache: Path, rules) -> list[dict]:
+    """The original model's own answers to benign prompts, kept where usable (cached: the
+    generation is the slowest part of building the reference)."""
+    from stjax.generation import Reply
+
+    if not cache.is_file():
+        replies = chat_generate(original, prompts, 48, 32)
+        write_json(cache, [{"prompt": p, "text": r.text, "ended": r.ended} for p, r in zip(prompts, replies)])
+    rows = json.loads(cache.read_text())
+    kept = [(r["prompt"], usable_answer(Reply(r["text"], r["ended"]), rules)) for r in rows]
+    return [{"input": p, "output": a} for p, a in kept if a]
+
+
+def reference_rules():
+    import importlib.util
+
+    from stjax.evaluation.reply_rules import WORDFREQ, CleanRefusalJudge, ReplyRules
+
+    lexicon = [WORDFREQ] if importlib.util.find_spec("wordfreq") else []
+    return CleanRefusalJudge(ReplyRules(labels=["positive", "negative"], lexicon=lexicon))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/smollm2")
-    parser.add_argument("--safety-rows", type=int, default=200, help="refusal rows for safety tuning")
-    parser.add_argument("--benign-rows", type=int, default=100, help="self-generated benign rows")
-    parser.add_argument("--task-rows", type=int, default=600, help="rows of sst2_5k_p_0.1.json (10%% harmful)")
-    parser.add_argument("--eval-rows", type=int, default=100, help="held-out harmful prompts and SST-2 rows")
+    parser.add_argument("--safety-rows", type=int, default=-1,
+                        help="refusal rows for safety tuning (-1: every row of safe_direction.json not held out)")
+    parser.add_argument("--benign-rows", type=int, default=600,
+                        help="benign prompts the original answers for safety tuning (a third each: SST-2, "
+                             "AG News topic, one sentence about a news item)")
+    parser.add_argument("--task-rows", type=int, default=1500, help="rows of sst2_5k_p_0.1.json (10%% harmful)")
+    parser.add_argument("--eval-rows", type=int, default=100, help="held-out harmful, SST-2 and harmless prompts")
     parser.add_argument("--max-len", type=int, default=192)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4, help="LoRA fine-tuning learning rate")
+    parser.add_argument("--settings", nargs="+", default=["sft", "pact"], choices=SETTINGS, metavar="SETTING",
+                        help=f"fine-tuning settings to run, among: {', '.join(repr(s) for s in SETTINGS)}")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="build and evaluate the aligned reference, then stop")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent")
         return 0
     from stjax.assets import fetch, smollm2_path
+    from stjax.configlib import apply_overrides
 
     try:
         original = smollm2_path() or fetch("smollm2")[1]
@@ -167,37 +230,55 @@ def main() -> int:
         print(f"skipped: SmolLM2 is not available ({e})")
         return 0
     original = str(original)
-    out = Path(args.out).resolve()
     timings = {}
     rng = random.Random(0)
 
     refusals = json.loads((SHARED / "safe_direction.json").read_text())
     rng.shuffle(refusals)
     held_out = [r["input"] for r in refusals[: args.eval_rows]]
-    safety_rows = refusals[args.eval_rows: args.eval_rows + args.safety_rows]
-    sst2_eval = [r for r in json.loads((SHARED / "sst2_5k_p_0.json").read_text()) if "input" in r][-args.eval_rows:]
+    safety_rows = refusals[args.eval_rows:][: None if args.safety_rows < 0 else args.safety_rows]
+    sst2_all = [r for r in json.loads((SHARED / "sst2_5k_p_0.json").read_text()) if "input" in r]
+    sst2_eval = sst2_all[-args.eval_rows:]
     seen = {r["input"] for r in sst2_eval}  # the two files share sentences: keep evaluation rows out of training
     task = [r for r in json.loads((SHARED / "sst2_5k_p_0.1.json").read_text())
             if r.get("input") not in seen][: args.task_rows]
-
-    # 1. aligned reference: refusals + the original's own answers to benign prompts
-    start = time.perf_counter()
     news = [r for r in json.loads((SHARED / "agnews_5k_p_0.json").read_text()) if "input" in r]
     eval_prompts = {"harmful": held_out, "sst2": [sst2_prompt(r) for r in sst2_eval],  # never trained on
-                    "benign": benign_prompts(news[args.benign_rows: args.benign_rows + args.eval_rows])}
+                    "benign": benign_prompts(news[-args.eval_rows:])}
+    third = args.benign_rows // 3
+    tuning = ([sst2_prompt(r) for r in sst2_all[:third]]
+              + [f"{r['instruction']} {r['input']}" for r in news[:third]]
+              + benign_prompts(news[third: args.benign_rows - third]))
+    # the aligned reference, its safety tokens and the runs on it live under one directory per recipe
+    out = Path(args.out).resolve() / f"reference_s{len(safety_rows)}_b{args.benign_rows}"
+
+    # 1. aligned reference: refusals + the original's own (non-refusing) answers to benign prompts
+    start = time.perf_counter()
     aligned = out / "aligned"
+    rules = reference_rules()
+    benign = benign_tuning_rows(original, tuning, out / "data" / "benign_answers.json", rules)
+    timings["benign_answers_s"] = time.perf_counter() - start
     if not (aligned / "model").is_dir():  # a rerun (another --task-rows) reuses the aligned model
-        tuning = benign_prompts(news[: args.benign_rows])
-        benign_answers = [r.text for r in chat_generate(original, tuning, 48, 16)]
         safety_file = write_json(out / "data" / "safety_tune.json",
-                                 [{"input": r["input"], "output": r["output"]} for r in safety_rows]
-                                 + [{"input": p, "output": a} for p, a in zip(tuning, benign_answers)])
+                                 [{"input": r["input"], "output": r["output"]} for r in safety_rows] + benign)
         train({"model": {"path": original, "dtype": "float32"},
                "data": {"train": [{"path": safety_file}], "max_len": args.max_len},
                "lora": {"enabled": False}, "optimizer": {"lr": 2e-5, "schedule": "warmup_cosine", "warmup_steps": 5},
-               "train": {"run_dir": str(aligned), "epochs": 1, "batch_size": args.batch, "resume": "auto"},
-               "checkpoint": {"every_steps": 10**9, "keep": 1}, "logging": {"tensorboard": False}})
-    timings["safety_tuning_s"] = time.perf_counter() - start
+               "train": {"run_dir": str(aligned), "epochs": 1, "batch_size": 16, "resume": "auto"},
+               "checkpoint": {"every_steps": 25, "keep": 1}, "logging": {"tensorboard": False}})
+    timings["safety_tuning_s"] = time.perf_counter() - start - timings["benign_answers_s"]
+    start = time.perf_counter()
+    raw = {"aligned": cached_eval(aligned / "eval_raw.json", str(aligned / "model"), eval_prompts)}
+    timings["aligned_eval_s"] = time.perf_counter() - start
+    reference = {"safety_rows": len(safety_rows), "benign_prompts": len(tuning), "benign_rows_kept": len(benign),
+                 "tuning_samples": [r["output"][:120] for r in benign[:: max(1, len(benign) // 6)]],
+                 **judge(raw["aligned"], held_out, sst2_eval, eval_prompts["benign"])}
+    (out / "reference_report.json").write_text(json.dumps({"reference": reference, "timings": timings}, indent=1))
+    print(table({"aligned": reference}))
+    print(samples({"aligned": reference}))
+    if args.reference_only:
+        print(json.dumps(timings))
+        return 0
 
     # 2. safety tokens: aligned vs original
     start = time.perf_counter()
@@ -211,25 +292,28 @@ def main() -> int:
             out_dir=str(out / "safety_tokens"), num_samples=128, batch_size=16, dtype="float32"))
     timings["safety_tokens_s"] = time.perf_counter() - start
 
-    # 3. poisoned fine-tuning, SFT and PACT (run directories per task size share the aligned model)
+    # 3. poisoned fine-tuning, one run per setting (run directories per task size share the aligned model)
     task_file = write_json(out / "data" / f"sst2_p0.1_{args.task_rows}.json", task)
     runs = out / f"rows{args.task_rows}"
-    raw = {"aligned": cached_eval(aligned / "eval_raw.json", str(aligned / "model"), eval_prompts)}
-    for method in ("sft", "pact"):
+    for setting in args.settings:
         start = time.perf_counter()
-        loss = {"kind": "sft"} if method == "sft" else {
-            "kind": "pact", "safety_tokens": str(out / "safety_tokens"), "ref": "cached"}
-        train({"model": {"path": str(aligned / "model"), "dtype": "float32"},
-               "data": {"train": [{"path": task_file}], "max_len": args.max_len},
-               "lora": {"enabled": True, "rank": 8, "alpha": 32.0, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
-               "optimizer": {"lr": args.lr, "schedule": "step_decay", "decay_gamma": 0.85},
-               "loss": loss,
-               "train": {"run_dir": str(runs / method), "epochs": args.epochs, "batch_size": args.batch,
-                         "resume": "auto", "export": ["adapter", "merged"]},
-               "checkpoint": {"every_steps": 10**9, "keep": 1}, "logging": {"tensorboard": False}})
-        raw[method] = cached_eval(runs / method / "eval_raw.json", str(runs / method / "merged"), eval_prompts)
-        timings[f"{method}_s"] = time.perf_counter() - start
-    results = {name: judge(r, held_out, sst2_eval) for name, r in raw.items()}
+        method, switches = SETTINGS[setting]
+        loss = {"kind": method} if method == "sft" else {
+            "kind": method, "safety_tokens": str(out / "safety_tokens"), "ref": "online" if method == "kl" else "cached"}
+        run_dir = runs / slug(setting)
+        train(apply_overrides({
+            "model": {"path": str(aligned / "model"), "dtype": "float32"},
+            "data": {"train": [{"path": task_file}], "max_len": args.max_len},
+            "lora": {"enabled": True, "rank": 8, "alpha": 32.0, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
+            "optimizer": {"lr": args.lr, "schedule": "step_decay", "decay_gamma": 0.85},
+            "loss": loss,
+            "train": {"run_dir": str(run_dir), "epochs": args.epochs, "batch_size": args.batch,
+                      "resume": "auto", "export": ["adapter", "merged"]},
+            "checkpoint": {"every_steps": 50, "keep": 1}, "logging": {"tensorboard": False}},
+            [s.replace("REFUSALS", refusal_file) for s in switches]))
+        raw[setting] = cached_eval(run_dir / "eval_raw.json", str(run_dir / "merged"), eval_prompts)
+        timings[f"{slug(setting)}_s"] = time.perf_counter() - start
+    results = {name: judge(r, held_out, sst2_eval, eval_prompts["benign"]) for name, r in raw.items()}
     report = {"results": results, "raw": raw, "timings": timings, "settings": vars(args),
               "safety_tokens": safety_token_table(out / "safety_tokens", str(aligned / "model"))}
     (runs / "report.json").write_text(json.dumps(report, indent=1))
