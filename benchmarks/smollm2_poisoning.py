@@ -286,7 +286,8 @@ def main() -> int:
 
     refusal_file = write_json(out / "data" / "refusals.json", [{"input": r["input"], "output": r["output"]}
                                                                 for r in safety_rows])
-    if not (out / "safety_tokens" / "safety_tokens.safetensors").is_file():
+    needs_tokens = any(SETTINGS[name][0] != "sft" for name in args.settings)
+    if needs_tokens and not (out / "safety_tokens" / "safety_tokens.safetensors").is_file():
         stage1.run(stage1.SafetyTokensConfig(
             aligned_model=str(aligned / "model"), base_model=original, refusals=refusal_file,
             out_dir=str(out / "safety_tokens"), num_samples=128, batch_size=16, dtype="float32"))
@@ -313,16 +314,20 @@ def main() -> int:
             [s.replace("REFUSALS", refusal_file) for s in switches]))
         raw[setting] = cached_eval(run_dir / "eval_raw.json", str(run_dir / "merged"), eval_prompts)
         timings[f"{slug(setting)}_s"] = time.perf_counter() - start
+    for setting in SETTINGS:  # the report covers every setting run so far at this task size
+        if setting not in raw and (runs / slug(setting) / "eval_raw.json").is_file():
+            raw[setting] = json.loads((runs / slug(setting) / "eval_raw.json").read_text())
     results = {name: judge(r, held_out, sst2_eval, eval_prompts["benign"]) for name, r in raw.items()}
     report = {"results": results, "raw": raw, "timings": timings, "settings": vars(args),
-              "safety_tokens": safety_token_table(out / "safety_tokens", str(aligned / "model"))}
+              "safety_tokens": safety_token_table(out / "safety_tokens", str(aligned / "model")) if needs_tokens else None}
     (runs / "report.json").write_text(json.dumps(report, indent=1))
     stats = report["safety_tokens"]
     print(table(results))
     print(samples(results))
-    print(f"safety tokens: {stats['num_tokens']}, mean aligned p {stats['p_aligned_max']:.3g} (max) / "
-          f"{stats['p_aligned_median']:.3g} (median) / {stats['p_aligned_min']:.3g} (min), "
-          f"{stats['above_floor']} at >= 1% of the max, stop tokens in the set: {stats['stop_tokens_in_set']}")
+    if stats:
+        print(f"safety tokens: {stats['num_tokens']}, mean aligned p {stats['p_aligned_max']:.3g} (max) / "
+              f"{stats['p_aligned_median']:.3g} (median) / {stats['p_aligned_min']:.3g} (min), "
+              f"{stats['above_floor']} at >= 1% of the max, stop tokens in the set: {stats['stop_tokens_in_set']}")
     print(json.dumps(timings))
     return 0
 
