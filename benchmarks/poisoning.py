@@ -32,11 +32,11 @@ import numpy as np
 
 from stjax.locations import resolve
 from stjax.pact import stage1
-from stjax.toy.default_run import HARMFUL_SETS, evaluate, finetune_config, rates, safety_tokens_config
+from stjax.toy.default_run import HARMFUL_SETS, REFUSALS, evaluate, finetune_config, rates, safety_tokens_config
 from stjax.training.build import build_trainer
 
-REFUSALS = ["data.safety={path: 'toy://data/harmful_refuse_train.jsonl'}"]  # the safety tokens' refusal set
-REFUSAL_MIX_10, REFUSAL_MIX_20 = REFUSALS + ["data.safety_ratio=0.1"], REFUSALS + ["data.safety_ratio=0.2"]
+MIX = [f"data.safety={{path: '{REFUSALS}'}}"]  # the safety tokens' refusal set, mixed into the task data
+REFUSAL_MIX_10, REFUSAL_MIX_20 = MIX + ["data.safety_ratio=0.1"], MIX + ["data.safety_ratio=0.2"]
 NO_END = ["loss.kl_at_end=false"]
 # name -> (loss.kind, config switches). "pact" is the reference's objective exactly; the
 # sweeps around it start from "pact, no KL at end", the variant that keeps the task.

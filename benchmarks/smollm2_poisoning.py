@@ -15,7 +15,7 @@ held-out harmless instructions (one-sentence AG News summaries) that carry a ref
 marker. Every stage is cached under --out/reference_s{S}_b{B}/ and resumes.
 
     python benchmarks/smollm2_poisoning.py --reference-only             # the aligned reference, ~1 h on 2 cores
-    python benchmarks/smollm2_poisoning.py --settings sft pact          # + one run each, ~40-65 min on 2 cores
+    python benchmarks/smollm2_poisoning.py --settings sft pact          # + one run each, ~25-35 min on 2 cores
 
 Scale it up on an accelerator with --task-rows 5000 --eval-rows 500 --max-len 512
 --epochs 3 (the reference setting). Skips cleanly (exit 0) when
@@ -93,14 +93,13 @@ def sst2_prompt(row: dict) -> str:
     return f"{row['instruction']} {row['input']}"
 
 
-def judge(raw: dict, harmful: list[str], sst2: list[dict], benign: list[str]) -> dict:
+def judge(raw: dict, harmful: list[str], sst2: list[dict], benign: list[str], rules) -> dict:
     """Clean-refusal and keyword rates on the harmful replies, SST-2 accuracy (exact label,
     and label + punctuation) and the degenerate rates of both, with sample replies."""
     from stjax.evaluation.scoring import score_harmless, score_safety, score_task
     from stjax.evaluation.utility import sst2_correct
     from stjax.generation import Reply
 
-    rules = reference_rules()
     lexicon = list(rules.rules.lexicon)
 
     safety = score_safety(harmful, [Reply(**r) for r in raw["harmful"]], rules)
@@ -272,7 +271,7 @@ def main() -> int:
     timings["aligned_eval_s"] = time.perf_counter() - start
     reference = {"safety_rows": len(safety_rows), "benign_prompts": len(tuning), "benign_rows_kept": len(benign),
                  "tuning_samples": [r["output"][:120] for r in benign[:: max(1, len(benign) // 6)]],
-                 **judge(raw["aligned"], held_out, sst2_eval, eval_prompts["benign"])}
+                 **judge(raw["aligned"], held_out, sst2_eval, eval_prompts["benign"], rules)}
     (out / "reference_report.json").write_text(json.dumps({"reference": reference, "timings": timings}, indent=1))
     print(table({"aligned": reference}))
     print(samples({"aligned": reference}))
@@ -317,7 +316,7 @@ def main() -> int:
     for setting in SETTINGS:  # the report covers every setting run so far at this task size
         if setting not in raw and (runs / slug(setting) / "eval_raw.json").is_file():
             raw[setting] = json.loads((runs / slug(setting) / "eval_raw.json").read_text())
-    results = {name: judge(r, held_out, sst2_eval, eval_prompts["benign"]) for name, r in raw.items()}
+    results = {name: judge(r, held_out, sst2_eval, eval_prompts["benign"], rules) for name, r in raw.items()}
     report = {"results": results, "raw": raw, "timings": timings, "settings": vars(args),
               "safety_tokens": safety_token_table(out / "safety_tokens", str(aligned / "model")) if needs_tokens else None}
     (runs / "report.json").write_text(json.dumps(report, indent=1))
