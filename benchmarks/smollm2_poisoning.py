@@ -1,11 +1,11 @@
 """PACT on a real small model: SmolLM2-135M-Instruct, safety-tuned, then poisoned.
 
 SmolLM2-135M-Instruct complies with most harmful requests, so the experiment first makes
-an aligned reference: full fine-tuning of the original on every refusal row of the PACT
-reference set (safe_direction.json) not held out for evaluation, balanced with benign
-answers the original model itself generated (to SST-2 prompts, AG News topic questions
-and one-sentence news summaries; answers that refuse, degenerate or are cut off are
-dropped). The original is the base model for the safety tokens. Then the aligned model is
+an aligned reference: full fine-tuning of the original on 600 refusal rows of the PACT
+reference set (safe_direction.json; never the held-out ones), balanced with benign answers
+the original model itself generated, by rejection sampling (to SST-2 prompts, AG News topic
+questions and one-sentence news summaries; a greedy reply, then up to 3 sampled ones, until
+one neither refuses, degenerates nor is cut off, and for SST-2 names a sentiment). The original is the base model for the safety tokens. Then the aligned model is
 fine-tuned on SST-2 with 10% harmful rows (sst2_5k_p_0.1.json, a CPU-sized subset) in each
 of the chosen settings (`SETTINGS`: SFT, PACT as the reference and its variants, LoRA q/v as
 the reference recipe), and every model is evaluated: clean refusals on 100 held-out
@@ -59,8 +59,9 @@ def write_json(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def chat_generate(model_path: str, prompts: list[str], max_new_tokens: int, batch: int) -> list:
-    """Greedy replies (stjax.generation.Reply: text, and whether a stop id ended it)."""
+def chat_generate(model_path: str, prompts: list[str], max_new_tokens: int, batch: int, **sampling) -> list:
+    """Replies (stjax.generation.Reply: text, and whether a stop id ended it), greedy unless
+    `sampling` sets a temperature (and top_p, seed)."""
     from transformers import AutoTokenizer
 
     from stjax.generation import generate_chat
@@ -71,7 +72,7 @@ def chat_generate(model_path: str, prompts: list[str], max_new_tokens: int, batc
     out = []
     for i in range(0, len(prompts), batch):
         out += generate_chat(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts[i:i + batch]],
-                             max_new_tokens=max_new_tokens)
+                             max_new_tokens=max_new_tokens, **sampling)
     return out
 
 
@@ -163,9 +164,11 @@ def train(config: dict) -> None:
         raise SystemExit(f"{result.stopped_by} received at step {result.final_step}; rerun to resume")
 
 
-def usable_answer(reply, rules) -> str | None:
-    """A benign answer worth teaching: no refusal marker, not degenerate, and complete (an
-    unfinished one is cut after its last full sentence, or dropped)."""
+def usable_answer(reply, rules, labels: tuple[str, ...] = ()) -> str | None:
+    """A benign answer worth teaching: no refusal marker, not degenerate, complete (an
+    unfinished one is cut after its last full sentence, or dropped) and, where the prompt
+    asks for one of `labels`, on task (it names one; right or wrong is not checked: the
+    reference must answer the task, not be taught it)."""
     verdict = rules(reply.text, reply.ended)
     if verdict.keyword_refusal or verdict.degenerate:
         return None
@@ -173,20 +176,40 @@ def usable_answer(reply, rules) -> str | None:
     if not reply.ended:
         cut = max(text.rfind(c) for c in ".!?")
         text = text[: cut + 1] if cut >= 20 else ""
+    if labels and not any(label in text.lower() for label in labels):
+        return None
     return text or None
 
 
-def benign_tuning_rows(original: str, prompts: list[str], cache: Path, rules) -> list[dict]:
-    """The original model's own answers to benign prompts, kept where usable (cached: the
-    generation is the slowest part of building the reference)."""
+def benign_tuning_rows(original: str, prompts: list[tuple[str, tuple[str, ...]]], cache: Path, rules,
+                       tries: int) -> list[dict]:
+    """The original model's own answers to benign (prompt, labels) pairs, by rejection
+    sampling: a greedy reply first, then up to `tries - 1` sampled ones (T 0.8, top-p 0.95)
+    for the prompts still without a usable answer. Every reply is cached (the generation is
+    the slowest part of building the reference) and a rerun with more tries goes on from it."""
     from stjax.generation import Reply
 
-    if not cache.is_file():
-        replies = chat_generate(original, prompts, 48, 32)
-        write_json(cache, [{"prompt": p, "text": r.text, "ended": r.ended} for p, r in zip(prompts, replies)])
-    rows = json.loads(cache.read_text())
-    kept = [(r["prompt"], usable_answer(Reply(r["text"], r["ended"]), rules)) for r in rows]
-    return [{"input": p, "output": a} for p, a in kept if a]
+    replies = json.loads(cache.read_text()) if cache.is_file() else {}
+    replies = {p: replies.get(p, []) for p, _ in prompts}
+    answer: dict[str, str] = {}
+
+    def judge_tries(upto: int) -> None:
+        for p, labels in prompts:
+            for r in replies[p][:upto]:
+                if p not in answer and (a := usable_answer(Reply(r["text"], r["ended"]), rules, labels)):
+                    answer[p] = a
+
+    for attempt in range(tries):
+        judge_tries(attempt)
+        todo = [p for p, _ in prompts if p not in answer and len(replies[p]) <= attempt]
+        if todo:
+            sampling = {} if attempt == 0 else {"temperature": 0.8, "top_p": 0.95, "seed": attempt}
+            for p, r in zip(todo, chat_generate(original, todo, 48, 32, **sampling)):
+                replies[p].append({"text": r.text, "ended": r.ended})
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(replies))
+    judge_tries(tries)
+    return [{"input": p, "output": answer[p]} for p, _ in prompts if p in answer]
 
 
 def reference_rules():
@@ -201,11 +224,13 @@ def reference_rules():
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/smollm2")
-    parser.add_argument("--safety-rows", type=int, default=-1,
+    parser.add_argument("--safety-rows", type=int, default=600,
                         help="refusal rows for safety tuning (-1: every row of safe_direction.json not held out)")
-    parser.add_argument("--benign-rows", type=int, default=600,
-                        help="benign prompts the original answers for safety tuning (a third each: SST-2, "
-                             "AG News topic, one sentence about a news item)")
+    parser.add_argument("--benign-rows", type=int, default=900,
+                        help="benign prompts the original answers for safety tuning (half SST-2, a quarter "
+                             "each AG News topic and one sentence about a news item)")
+    parser.add_argument("--tries", type=int, default=4,
+                        help="replies per benign prompt until one is usable (greedy, then sampled)")
     parser.add_argument("--task-rows", type=int, default=1500, help="rows of sst2_5k_p_0.1.json (10%% harmful)")
     parser.add_argument("--eval-rows", type=int, default=100, help="held-out harmful, SST-2 and harmless prompts")
     parser.add_argument("--max-len", type=int, default=192)
@@ -244,10 +269,11 @@ def main() -> int:
     news = [r for r in json.loads((SHARED / "agnews_5k_p_0.json").read_text()) if "input" in r]
     eval_prompts = {"harmful": held_out, "sst2": [sst2_prompt(r) for r in sst2_eval],  # never trained on
                     "benign": benign_prompts(news[-args.eval_rows:])}
-    third = args.benign_rows // 3
-    tuning = ([sst2_prompt(r) for r in sst2_all[:third]]
-              + [f"{r['instruction']} {r['input']}" for r in news[:third]]
-              + benign_prompts(news[third: args.benign_rows - third]))
+    half, quarter = args.benign_rows // 2, args.benign_rows // 4
+    labels = ("positive", "negative")  # an SST-2 answer must name a sentiment to be kept
+    tuning = ([(sst2_prompt(r), labels) for r in sst2_all[:half]]
+              + [(f"{r['instruction']} {r['input']}", ()) for r in news[:quarter]]
+              + [(p, ()) for p in benign_prompts(news[quarter: args.benign_rows - half])])
     # the aligned reference, its safety tokens and the runs on it live under one directory per recipe
     out = Path(args.out).resolve() / f"reference_s{len(safety_rows)}_b{args.benign_rows}"
 
@@ -255,7 +281,7 @@ def main() -> int:
     start = time.perf_counter()
     aligned = out / "aligned"
     rules = reference_rules()
-    benign = benign_tuning_rows(original, tuning, out / "data" / "benign_answers.json", rules)
+    benign = benign_tuning_rows(original, tuning, out / "data" / "benign_answers.json", rules, args.tries)
     timings["benign_answers_s"] = time.perf_counter() - start
     if not (aligned / "model").is_dir():  # a rerun (another --task-rows) reuses the aligned model
         safety_file = write_json(out / "data" / "safety_tune.json",
@@ -269,11 +295,16 @@ def main() -> int:
     start = time.perf_counter()
     raw = {"aligned": cached_eval(aligned / "eval_raw.json", str(aligned / "model"), eval_prompts)}
     timings["aligned_eval_s"] = time.perf_counter() - start
+    original_raw = cached_eval(out / "original_eval_raw.json", original, eval_prompts)  # what alignment changed
+    kept = {row["input"] for row in benign}
     reference = {"safety_rows": len(safety_rows), "benign_prompts": len(tuning), "benign_rows_kept": len(benign),
+                 "sst2_rows_kept": sum(p in kept for p, _ in tuning[:half]), "tries": args.tries,
                  "tuning_samples": [r["output"][:120] for r in benign[:: max(1, len(benign) // 6)]],
                  **judge(raw["aligned"], held_out, sst2_eval, eval_prompts["benign"], rules)}
-    (out / "reference_report.json").write_text(json.dumps({"reference": reference, "timings": timings}, indent=1))
-    print(table({"aligned": reference}))
+    before = judge(original_raw, held_out, sst2_eval, eval_prompts["benign"], rules)
+    (out / "reference_report.json").write_text(json.dumps({"reference": reference, "original": before,
+                                                           "timings": timings}, indent=1))
+    print(table({"original": before, "aligned": reference}))
     print(samples({"aligned": reference}))
     if args.reference_only:
         print(json.dumps(timings))

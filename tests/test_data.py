@@ -60,10 +60,11 @@ def test_without_input_keeps_the_harmful_rows_of_a_reference_mix(tmp_path):
     ("bad.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n{"prompt": "e",\n',
      ":3: invalid JSON"),
     ("keys.jsonl", '{"prompt": "a", "response": "b"}\n\n{"question": "a", "answer": "b"}\n',
-     ":3: expected an object with 'instruction' and 'output', or 'prompt' and 'response'"),
+     ":3: expected an object with 'messages', 'conversations' (ShareGPT), 'prompt' and 'completion', "
+     "'instruction' and 'output', 'prompt' and 'response', or 'input' and 'output', got keys ['answer', 'question']"),
     ("keys.json", '[{"prompt": "a", "response": "b"}, {"instruction": "a"}]',
-     ": record 1: expected an object with 'instruction' and 'output'"),
-    ("role.jsonl", '{"messages": [{"role": "tool", "content": "x"}]}', ":1: role must be one of"),
+     ": record 1: expected an object with 'messages'"),
+    ("role.jsonl", '{"messages": [{"role": "tool", "content": "x"}]}', ":1: messages[0]: role must be one of"),
     ("type.json", '[{"prompt": "a", "response": 3}]', ": record 0: expected 'response' to be a string"),
     ("dict.json", '{"prompt": "a", "response": "b"}', ":1: expected a JSON list of records"),
 ])

@@ -105,8 +105,12 @@ def test_config_errors_are_one_line_with_the_key(override, message, capsys):
 
 
 @pytest.mark.parametrize("harmful,message", [
-    ({"path": "a.json", "tfds": "gsm8k"}, "'data.harmful': give exactly one of 'path' or 'tfds'"),
-    ({"tfds": "gsm8k", "without_input": True}, "'data.harmful.without_input': applies to JSON/JSONL files"),
+    ({"path": "a.json", "tfds": "gsm8k"}, "'data.harmful': give exactly one of 'path', 'tfds', 'hf', not path and tfds"),
+    ({"split": "test"}, "'data.harmful': give exactly one of 'path', 'tfds', 'hf'"),
+    ({"tfds": "gsm8k", "without_input": True}, "'data.harmful.without_input': applies to files and hf datasets"),
+    ({"tfds": "gsm8k", "columns": {"q": "prompt"}}, "'data.harmful.columns': applies to files and hf datasets"),
+    ({"path": "a.json", "subset": "main"}, "'data.harmful.subset': applies to hf datasets only"),
+    ({"hf": "org/set", "limit": 0}, "'data.harmful.limit': expected a positive number of examples, got 0"),
 ])
 def test_every_data_source_is_validated(tmp_path, harmful, message):
     with pytest.raises(ConfigKeyError, match=re.escape(message)):

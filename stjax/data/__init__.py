@@ -8,7 +8,8 @@ resumable order).
 from stjax.data.batching import BatchIterator, bucket_lengths
 from stjax.data.mixing import mix, safety_mix
 from stjax.data.records import Conversation, DataError, Message
-from stjax.data.sources import TFDS_TASKS, read_conversations, record_to_conversation, tfds_conversations
+from stjax.data.formats import record_to_conversation
+from stjax.data.sources import TFDS_TASKS, read_conversations, tfds_conversations
 from stjax.data.template import assistant_header_ids, render_ids
 from stjax.data.tokenize import TokenizedExample, TokenizeStats, tokenize_conversations
 

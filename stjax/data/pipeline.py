@@ -21,9 +21,14 @@ class TrainingData:
 
 
 def load_source(source) -> list[Conversation]:
-    """A SourceSection (local file or TFDS name) -> conversations, first `limit`."""
+    """A SourceSection (local file, TFDS name or Hugging Face dataset) -> conversations, first `limit`."""
     if source.path:
-        rows = read_conversations(source.path, without_input=source.without_input)
+        rows = read_conversations(source.path, without_input=source.without_input, columns=source.columns)
+    elif source.hf:
+        from stjax.data.hf_datasets import hf_conversations
+
+        rows = hf_conversations(source.hf, split=source.split, subset=source.subset, revision=source.revision,
+                                columns=source.columns, without_input=source.without_input)
     else:
         rows = tfds_conversations(source.tfds, source.split)
     return rows[: source.limit] if source.limit is not None else rows

@@ -1,4 +1,5 @@
-"""Readers that turn chat-shaped JSON/JSONL files and TFDS task sets into `Conversation`s.
+"""Readers that turn chat-shaped JSON, JSONL, CSV and parquet files and TFDS task sets
+into `Conversation`s (the record shapes: stjax.data.formats).
 
 File errors name the file, the line (JSONL, or where JSON fails to parse) or the record
 index (JSON lists), and the shape that was expected, on one line, so a broken row in a
@@ -14,50 +15,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from stjax.errors import MissingExtra
-from stjax.data.records import Conversation, DataError, Message
+from stjax.data.formats import has_no_input, record_to_conversation, rename_columns
+from stjax.data.records import Conversation, DataError
 
-EXPECTED = ("expected an object with 'instruction' and 'output', or 'prompt' and 'response', "
-            "or 'input' and 'output', or 'messages'")
-
-
-def _text(record: Mapping, key: str) -> str:
-    value = record[key]
-    if not isinstance(value, str):
-        raise ValueError(f"expected '{key}' to be a string, got {type(value).__name__}")
-    return value
-
-
-def record_to_conversation(record: object, origin: str = "") -> Conversation:
-    """One record in any supported shape; raises ValueError saying what was expected.
-
-    {instruction, input?, output} becomes the user turn `instruction + " " + input` (the
-    PACT reference's prompt: README of shared/data), so the SST-2 / AG News sets
-    reproduce the reference prompts exactly.
-    """
-    if not isinstance(record, Mapping):
-        raise ValueError(f"{EXPECTED}, got {type(record).__name__}")
-    if "messages" in record:
-        turns = record["messages"]
-        if not isinstance(turns, list) or not turns:
-            raise ValueError("expected 'messages' to be a non-empty list of {role, content} objects")
-        try:
-            messages = tuple(Message(t["role"], t["content"]) for t in turns)
-        except (TypeError, KeyError) as e:
-            raise ValueError("expected each of 'messages' to be an object with 'role' and 'content'") from e
-        return Conversation(messages, origin)
-    if "instruction" in record and "output" in record:
-        prompt = _text(record, "instruction")
-        if record.get("input"):
-            prompt = f"{prompt} {_text(record, 'input')}"
-        return Conversation.single_turn(prompt, _text(record, "output"), origin)
-    for user, assistant in (("prompt", "response"), ("input", "output")):
-        if user in record and assistant in record:
-            return Conversation.single_turn(_text(record, user), _text(record, assistant), origin)
-    raise ValueError(f"{EXPECTED}, got keys {sorted(record)}")
-
-
-def read_conversations(path: str | Path, *, without_input: bool = False) -> list[Conversation]:
-    """A .jsonl file (one record a line, blank lines skipped) or a .json list of records.
+def read_conversations(path: str | Path, *, without_input: bool = False,
+                       columns: Mapping[str, str] | None = None) -> list[Conversation]:
+    """The records of a .jsonl, .json, .csv or .parquet file (`read_records`), keys renamed
+    by `columns` first.
 
     without_input keeps only {instruction, output} records that have no `input`: in the
     PACT reference mixes (sst2_5k_p_0.1.json, ...) those are the harmful rows, which makes
@@ -65,29 +29,40 @@ def read_conversations(path: str | Path, *, without_input: bool = False) -> list
     """
     conversations = []
     for record, origin, where in read_records(path):
-        if without_input and not _has_no_input(record):
-            continue
         try:
+            record = rename_columns(record, columns)
+            if without_input and not has_no_input(record):
+                continue
             conversations.append(record_to_conversation(record, origin))
         except ValueError as e:
             raise DataError(f"{where}: {e}") from None
     return conversations
 
 
-def _has_no_input(record: object) -> bool:
-    return isinstance(record, Mapping) and "instruction" in record and not record.get("input")
-
-
 def read_records(path: str | Path) -> list[tuple[object, str, str]]:
     """(record, origin, where-for-errors) of every record of a .jsonl (one a line, blank lines
-    skipped), .csv (a header row) or .json (a list) file; malformed JSON is a DataError naming
-    the file and line."""
+    skipped), .csv (a header row), .parquet (a row a record) or .json (a list) file; malformed
+    JSON is a DataError naming the file and line."""
     path = Path(path)
+    if path.suffix == ".parquet":
+        return _parquet_records(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".csv":  # quoted fields may span lines
         rows = csv.DictReader(io.StringIO(text))
         return [(row, f"{path.name}#{i}", f"{path}: row {i + 1}") for i, row in enumerate(rows)]
     return list(_jsonl_records(path, text) if path.suffix == ".jsonl" else _json_records(path, text))
+
+
+def _parquet_records(path: Path) -> list[tuple[object, str, str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise MissingExtra(f"{path}: parquet files need pyarrow: pip install 'stjax[datasets]' ({e})") from e
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow's errors (ArrowInvalid, OSError) on a file that is not parquet
+        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:160]})") from None
+    return [(row, f"{path.name}#{i}", f"{path}: row {i}") for i, row in enumerate(rows)]
 
 
 def _json_records(path: Path, text: str) -> Iterator[tuple[object, str, str]]:

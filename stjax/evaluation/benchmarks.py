@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from stjax.data.records import DataError
-from stjax.data.sources import read_records, record_to_conversation
+from stjax.data.formats import record_to_conversation
+from stjax.data.sources import read_records
 
 Kind = Literal["safety", "sst2", "ag_news", "gsm8k"]
 PROMPT_KEYS = ("prompt", "goal", "Goal", "forbidden_prompt", "question", "instruction")

@@ -24,6 +24,7 @@ from stjax.evaluation.scoring import score_safety, score_task
 from stjax.evaluation.stats import rate
 from stjax.evaluation.tables import REPORT_FILE, SUMMARY_FILE, summary_markdown
 from stjax.generation import Reply
+from stjax.hub import local_dir
 from stjax.evaluation.utility import SCORERS
 
 
@@ -44,7 +45,8 @@ def run_eval(config: EvalConfig) -> dict:
     benchmarks = [load_benchmark(section, config.generation.max_new_tokens) for section in config.benchmarks]
     judge = reply_judge(config, benchmarks)  # reads its lexicon now, not after hours of generation
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    model_path, adapter_path = config.model.path, config.adapter
+    model_path = config.model.local_path()  # a Hub id's snapshot in the Hugging Face cache
+    adapter_path = local_dir(config.adapter) if config.adapter else None
     keys, safety_mass = generate_all(config, benchmarks, model_path, adapter_path, mesh)
 
     guard = None
@@ -64,7 +66,7 @@ def run_eval(config: EvalConfig) -> dict:
         "run": {"label": run_label(config.name, method, ratio, config.model.path), "name": config.name,
                 "method": method, "harmful_ratio": ratio},
         "headline": headline(results),
-        "metadata": {"model": model_path, "adapter": adapter_path, "generation_keys": keys,
+        "metadata": {"model": config.model.path, "adapter": config.adapter, "generation_keys": keys,
                      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "config": dataclasses.asdict(config)},
         "benchmarks": results,
@@ -96,7 +98,7 @@ def load_adapted_model(config: EvalConfig, model_path: str, adapter_path: str | 
     from stjax.models.sections import load_model
     from stjax.models.sections import load_tokenizer, mesh_rules
 
-    tokenizer = load_tokenizer(config.model.tokenizer or model_path)
+    tokenizer = load_tokenizer(config.model.tokenizer_path(), config.model.chat_template)
     model = load_model(config.model, mesh, rules=mesh_rules(config.mesh), path=model_path)
     if adapter_path:
         load_peft_adapter(model, adapter_path)

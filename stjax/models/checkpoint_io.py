@@ -23,6 +23,7 @@ from safetensors.numpy import save_file
 
 from stjax.errors import UserError
 from stjax.fileio import atomic_directory
+from stjax.hub import local_dir
 from stjax.models.config import ModelConfig
 from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding, host_array
 from stjax.models.transformer import CausalLM
@@ -158,10 +159,12 @@ def from_pretrained(
     remat: str = "none",
     attention: str = "xla",
 ) -> CausalLM:
-    """Loads a Hub-format directory (config.json + safetensors) onto the mesh.
+    """Loads a Hub-format directory (config.json + safetensors), or a Hub id through the
+    Hugging Face cache, onto the mesh.
 
     dtype is the parameter storage dtype; compute_dtype (default: dtype) the activations'.
     """
+    path = local_dir(str(path))
     config = ModelConfig.from_pretrained(path, **runtime_options(dtype, compute_dtype, remat, attention))
     reader = SafetensorsReader(path)
     return load_into(lambda: CausalLM(config, rngs=nnx.Rngs(0)), reader.get,

@@ -13,11 +13,12 @@ from stjax.models.sections import MeshSection
 
 @dataclasses.dataclass
 class SafetyTokensConfig:
-    aligned_model: str  # Hub-format directory of the aligned (instruct) model
-    base_model: str  # its base / less aligned model; must share the vocabulary
+    aligned_model: str  # Hub id or Hub-format folder of the aligned (instruct) model
+    base_model: str  # its base / less aligned model (Hub id or folder); must share the vocabulary
     refusals: str  # JSON/JSONL of {input, output} refusal rows
     out_dir: str
     tokenizer: str | None = None  # default: the aligned model's
+    chat_template: str | None = None  # a Jinja template or a file holding one, over the tokenizer's
     num_samples: int = 512
     max_resp_len: int = 64
     temperature: float = 1.0
@@ -42,7 +43,7 @@ def run(cfg: SafetyTokensConfig, *, progress: bool = True):
 
     mesh, rules = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), mesh_rules(cfg.mesh)
     aligned_path, base_path = cfg.aligned_model, cfg.base_model
-    tokenizer = load_tokenizer(cfg.tokenizer or aligned_path)
+    tokenizer = load_tokenizer(cfg.tokenizer or aligned_path, cfg.chat_template)
     rows = [{"input": c.messages[-2].content, "output": c.messages[-1].content}
             for c in read_conversations(cfg.refusals)[: cfg.num_samples]]
     pairs = teacher_forced_pairs(tokenizer, rows, cfg.max_resp_len)

@@ -62,7 +62,7 @@ def exporter(config: TrainConfig, tokenizer):
 def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
     run_dir = Path(config.train.run_dir)
     mesh, rules = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor), mesh_rules(config.mesh)
-    tokenizer = tokenizer or load_tokenizer(config.model.tokenizer or config.model.path)
+    tokenizer = tokenizer or load_tokenizer(config.model.tokenizer_path(), config.model.chat_template)
     data = build_training_data(config, tokenizer)
     print(f"data: {data.stats}")
     steps_per_epoch = data.batches.batches_per_epoch

@@ -82,10 +82,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     sources = {f"data.train[{i}]": source for i, source in enumerate(config.data.train)}
     sources.update({f"data.{k}": getattr(config.data, k) for k in ("harmful", "safety") if getattr(config.data, k)})
     for key, source in sources.items():
-        if (source.path is None) == (source.tfds is None):
-            raise ConfigKeyError(f"'{key}': give exactly one of 'path' or 'tfds'")
-        if source.without_input and source.tfds is not None:
-            raise ConfigKeyError(f"'{key}.without_input': applies to JSON/JSONL files, not to TFDS sets")
+        source.check(key)
     mesh_rules(config.mesh)  # unknown logical axes or mesh axes fail here, before anything loads
     if config.train.batch_size % config.train.grad_accum:
         raise ConfigKeyError(

@@ -127,7 +127,7 @@ def cache_key(config, examples: Sequence[TokenizedExample]) -> dict[str, str]:
 
     key = {
         "loss.kind": config.loss.kind,
-        "model": f"{config.model.path} ({_files_digest(config.model.path, ('*.safetensors', 'config.json'))})",
+        "model": f"{config.model.path} ({_files_digest(config.model.local_path(), ('*.safetensors', 'config.json'))})",
         "dtype": f"{config.model.dtype}/{config.model.compute_dtype or config.model.dtype}",
         "data": _digest(*(np.asarray([e.index, e.prompt_len, *e.tokens], np.int64).tobytes() + b";"
                           for e in examples)),
