@@ -127,16 +127,52 @@ def test_reference_sst2_harmful_fraction():
 
 # --- tokenization ------------------------------------------------------------------------
 
+# renders earlier assistant turns as "[hidden]" (as reasoning templates drop past thoughts)
+CHATML_HIDING_HISTORY = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+    "{{ '<|im_start|>assistant\\n[hidden]<|im_end|>\\n' }}{% else %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 MULTI_TURN = Conversation((Message("system", "Be brief."), Message("user", "Rate: a film"),
                            Message("assistant", "negative"), Message("user", "Rate: the film, again"),
                            Message("assistant", "Sure, here is the answer: positive")))
 
 
 @pytest.mark.parametrize("template, end", [("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>")])
+def test_train_on_all_masks_every_assistant_turn(request, template, end):
+    tokenizer = request.getfixturevalue(template)
+    (example,), stats = tokenize_conversations([MULTI_TURN], tokenizer, max_len=512)
+    (last,), _ = tokenize_conversations([MULTI_TURN], tokenizer, max_len=512, train_on="last")
+    targets = example.tokens[1:]
+    assert example.tokens.tolist() == last.tokens.tolist() and example.prompt_len == last.prompt_len
+    assert tokenizer.decode(targets[example.loss_mask]) == f"negative{end}Sure, here is the answer: positive{end}"
+    (start, stop), = example.turns
+    assert tokenizer.decode(example.tokens[start:stop]) == f"negative{end}"
+    prefix = tokenizer.apply_chat_template(MULTI_TURN.as_dicts()[:2], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(example.tokens[:start]) == prefix
+    # PACT's positions (response_pos) are the final response's in both modes
+    np.testing.assert_array_equal(example.response_pos, last.response_pos)
+    assert stats.response_tokens == int(example.loss_mask.sum()) > int(last.loss_mask.sum())
+    # truncated inside the final prompt: the earlier turn still trains, the example is kept
+    (cut,), cut_stats = tokenize_conversations([MULTI_TURN], tokenizer, max_len=stop + 2)
+    assert cut_stats.dropped == 0 and cut.turns == ((start, stop),) and (cut.response_pos == -1).all()
+    _, dropped = tokenize_conversations([MULTI_TURN], tokenizer, max_len=stop + 2, train_on="last")
+    assert dropped.dropped == 1
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused_with_the_fix(bpe):
+    rewriting = CHATML_HIDING_HISTORY
+    with pytest.raises(DataError, match="assistant turn 2 renders differently .* set data.train_on: last"):
+        tokenize_conversations([MULTI_TURN], wrap(bpe, rewriting), 512)
+    (example,), _ = tokenize_conversations([MULTI_TURN], wrap(bpe, rewriting), 512, train_on="last")
+    assert example.turns == ()
+
+
+@pytest.mark.parametrize("template, end", [("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>")])
 def test_mask_covers_exactly_the_final_response(request, template, end):
     tokenizer = request.getfixturevalue(template)
     short = Conversation.single_turn("Analyze the sentiment of the input: fine", "positive")
-    examples, stats = tokenize_conversations([MULTI_TURN, short], tokenizer, max_len=512)
+    examples, stats = tokenize_conversations([MULTI_TURN, short], tokenizer, max_len=512, train_on="last")
     assert stats.examples == 2 and stats.truncated == stats.dropped == 0
     for example, conversation in zip(examples, [MULTI_TURN, short]):
         targets = example.tokens[1:]

@@ -155,3 +155,24 @@ def test_kl_position_switches_are_validated(tmp_path, loss, message):
 
     with pytest.raises(ConfigKeyError, match=message):
         make_config(tmp_path, loss=loss)
+
+
+def test_pact_kl_acts_on_the_final_response_only_in_multi_turn_batches():
+    """Earlier assistant turns (train_on: all) add their CE to the loss; PACT's KL and gate
+    stay those of the final response."""
+    from stjax.losses import cross_entropy
+    from stjax.pact.objective import pact
+
+    outputs, batch, refs, ids, weights, starts, ends = _objective_case()
+    earlier = np.zeros(batch["loss_mask"].shape, np.float32)
+    earlier[0, 0:2] = earlier[2, 0] = 1.0  # earlier-turn targets before rows 0 and 2's final responses
+    multi = {**batch, "loss_mask": batch["loss_mask"] + jnp.asarray(earlier)}
+    lam = 0.7
+    single_loss, single_count, single_metrics = pact(ids, weights, 4, lam=lam).loss(outputs, batch, refs)
+    multi_loss, multi_count, multi_metrics = pact(ids, weights, 4, lam=lam).loss(outputs, multi, refs)
+    extra_ce, extra_n = cross_entropy(outputs.hidden, outputs.output_weights, batch["targets"], jnp.asarray(earlier))
+    assert int(multi_count) == int(single_count) + 3 == int(single_count) + int(extra_n)
+    np.testing.assert_allclose(float(multi_metrics["kl"]), float(single_metrics["kl"]), rtol=1e-6)
+    np.testing.assert_allclose(float(multi_metrics["gate"]), float(single_metrics["gate"]), rtol=1e-6)
+    np.testing.assert_allclose(float(multi_loss), float(single_loss) + float(extra_ce), rtol=1e-5)
+    assert float(extra_ce) > 0

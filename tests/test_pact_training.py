@@ -1,5 +1,7 @@
 """PACT in the trainer: response-only sequences, cached == online, lambda = 0 == SFT."""
 
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ def test_response_only_sequence_is_header_plus_response(request, template):
     examples, _ = tokenize_conversations([Conversation.single_turn(u, a) for u, a in rows], tokenizer, 64)
     batch = next(BatchIterator(examples, 2, 64, shuffle=False))
     header = assistant_header_ids(tokenizer)
-    shift = response_start_shift(jnp.asarray(batch["loss_mask"]), len(header))
+    shift = response_start_shift(jnp.asarray(batch["response_pos"]), len(header))
     post, inside = shift_rows(jnp.asarray(batch["inputs"]), shift)
     for row, index in enumerate(batch["example_index"]):
         answer = rows[index][1]
@@ -61,6 +63,33 @@ def test_cached_and_online_reference_give_the_same_losses(tmp_path, safety_dir, 
         np.testing.assert_allclose([c["loss"], c["kl"], c["gate"]], [o["loss"], o["kl"], o["gate"]],
                                    rtol=2e-5, atol=1e-7)
     assert all(m["kl"] > 0 and 0 <= m["gate"] <= 1 for m in cached)
+
+
+def test_multi_turn_cached_and_online_agree_and_train_every_turn(tmp_path, safety_dir):
+    """Two-turn conversations (train_on: all): the cached reference, stored at every assistant
+    position, gives the online losses; the earlier turns add CE tokens."""
+    import json
+
+    from stjax.locations import resolve
+
+    rows = [json.loads(line) for line in Path(resolve("toy://data/sentiment_train.jsonl")).read_text().splitlines()]
+    pairs = [[{"role": "user", "content": f"{r['instruction']} {r['input']}"}, {"role": "assistant", "content": r["output"]}]
+             for r in rows[:48]]
+    data = tmp_path / "multi.jsonl"
+    data.write_text("".join(json.dumps({"messages": a + b}) + "\n" for a, b in zip(pairs[::2], pairs[1::2])))
+    common = dict(kind="pact", safety_tokens=str(safety_dir), lam=5.0)
+
+    def run(name, ref, train_on="all"):
+        build_trainer(make_config(tmp_path / name, loss={**common, "ref": ref}, train={"max_steps": 2},
+                                  data={"train": [{"path": str(data)}], "harmful_ratio": 0.0,
+                                        "train_on": train_on, "max_len": 160})).run()
+        return read_metrics(tmp_path / name)
+
+    cached, online, last = run("cached", "cached"), run("online", "online"), run("last", "cached", "last")
+    for c, o in zip(cached, online):
+        np.testing.assert_allclose([c["loss"], c["kl"], c["gate"]], [o["loss"], o["kl"], o["gate"]],
+                                   rtol=2e-5, atol=1e-7)
+    assert all(c["tokens"] > l["tokens"] for c, l in zip(cached, last)), (cached, last)
 
 
 def test_lambda_zero_equals_sft(tmp_path, safety_dir):

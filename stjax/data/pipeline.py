@@ -49,7 +49,7 @@ def build_training_data(config, tokenizer) -> TrainingData:
     if data.safety is not None and data.safety_ratio > 0:
         conversations = mix(conversations, load_source(data.safety), data.safety_ratio, seed=data.mix_seed + 1)
     conversations = with_system_prompt(conversations, data.system_prompt)
-    examples, stats = tokenize_conversations(conversations, tokenizer, data.max_len)
+    examples, stats = tokenize_conversations(conversations, tokenizer, data.max_len, train_on=data.train_on)
     batches = BatchIterator(examples, config.train.batch_size, data.max_len, buckets=data.buckets,
                             seed=config.train.seed)
     return TrainingData(examples, stats, batches, assistant_header_ids(tokenizer))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from stjax.configlib import ConfigKeyError
 
@@ -48,5 +49,6 @@ class DataSection:
     safety_ratio: float = 0.0
     mix_seed: int = 0
     max_len: int = 512
+    train_on: Literal["all", "last"] = "all"  # assistant turns that are targets: every one, or the final one
     buckets: list[int] | None = None  # padded lengths; default: powers of two up to max_len
     system_prompt: str | None = None

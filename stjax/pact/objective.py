@@ -18,14 +18,15 @@ from stjax.pact.reference import reference_safety_logits, response_start_shift, 
 
 
 def kl_positions_mask(batch: dict, *, first_positions: int | None = None, at_end: bool = True) -> jax.Array:
-    """Where the KL applies [B, L], among the assistant positions: the first `first_positions`
-    response positions only (None: all), and, with at_end=False, not at the last one, whose
-    target is the end-of-turn token (the position where a task answer must end)."""
-    mask = batch["loss_mask"] > 0
+    """Where the KL applies [B, L]: the final response's positions (earlier assistant turns of
+    a multi-turn example are trained by CE alone), its first `first_positions` only (None:
+    all), and, with at_end=False, not at the last one, whose target is the end-of-turn token
+    (the position where a task answer must end)."""
+    mask = batch["response_pos"] >= 0
     if first_positions is not None:
         mask &= batch["response_pos"] < first_positions
     if not at_end:
-        following = jnp.pad(batch["loss_mask"][:, 1:] > 0, ((0, 0), (0, 1)))
+        following = jnp.pad(batch["response_pos"][:, 1:] >= 0, ((0, 0), (0, 1)))
         mask &= following
     return mask.astype(jnp.float32)
 
@@ -48,9 +49,8 @@ def pact(ids: np.ndarray, weights: np.ndarray, header_len: int, *, lam: float = 
     def loss(outputs, batch, refs):
         kl, c = pact_kl_per_position(safety_columns(outputs, ids), refs["ref_full"], refs["ref_post"], weights,
                                      batch["response_pos"], temperature=temperature, gate=gate)
-        if first_positions is not None or not at_end:
-            kl = kl * kl_positions_mask(batch, **where)
-        return ce_plus(outputs, batch, kl, lam=lam, chunk_tokens=chunk_tokens, gate=c)
+        where_kl = kl_positions_mask(batch, **where)
+        return ce_plus(outputs, batch, kl * where_kl, lam=lam, chunk_tokens=chunk_tokens, gate=c * where_kl)
 
     return Objective(loss, reference_fn)
 
@@ -69,7 +69,7 @@ def pact_bucket(ids: np.ndarray, weights: np.ndarray, header_len: int, *, lam: f
         vocab = reference.output_weights(None)
         refs["ref_full_lse"] = logsumexp_chunked(reference.hidden(batch["inputs"], batch["attention_mask"]), vocab,
                                                  temperature=T, chunk_tokens=chunk_tokens)
-        shift = response_start_shift(batch["loss_mask"], header_len)
+        shift = response_start_shift(batch["response_pos"], header_len)
         post_inputs, inside = shift_rows(batch["inputs"], shift)
         post_attention, _ = shift_rows(batch["attention_mask"], shift, fill=False)
         post_lse = logsumexp_chunked(reference.hidden(post_inputs, post_attention & inside), vocab,
@@ -82,6 +82,7 @@ def pact_bucket(ids: np.ndarray, weights: np.ndarray, header_len: int, *, lam: f
         kl, c = pact_bucket_kl_per_position(
             safety_columns(outputs, ids), z_lse, refs["ref_full"], refs["ref_full_lse"], refs["ref_post"],
             refs["ref_post_lse"], weights, batch["response_pos"], temperature=T, gate=gate)
-        return ce_plus(outputs, batch, kl, lam=lam, chunk_tokens=chunk_tokens, gate=c)
+        final = kl_positions_mask(batch)
+        return ce_plus(outputs, batch, kl * final, lam=lam, chunk_tokens=chunk_tokens, gate=c * final)
 
     return Objective(loss, reference_fn)

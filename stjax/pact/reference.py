@@ -18,9 +18,10 @@ import jax.numpy as jnp
 HiddenFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def response_start_shift(loss_mask: jax.Array, header_len: int) -> jax.Array:
-    """Per-row index [B] where the assistant header starts (first loss position - header + 1)."""
-    first = jnp.argmax(loss_mask > 0, axis=1)
+def response_start_shift(response_pos: jax.Array, header_len: int) -> jax.Array:
+    """Per-row index [B] where the final response's assistant header starts (its first
+    position - header + 1)."""
+    first = jnp.argmax(response_pos >= 0, axis=1)
     return jnp.maximum(first - header_len + 1, 0)
 
 
@@ -54,7 +55,7 @@ def reference_safety_logits(
     hidden = hidden_fn(inputs, attention)
     r_full = jnp.einsum("bld,dk->blk", hidden, output_columns.astype(hidden.dtype),
                         preferred_element_type=jnp.float32)
-    shift = response_start_shift(batch["loss_mask"], header_len)
+    shift = response_start_shift(batch["response_pos"], header_len)
     post_inputs, inside = shift_rows(inputs, shift)
     post_attention, _ = shift_rows(attention, shift, fill=False)
     post_hidden = hidden_fn(post_inputs, post_attention & inside)

@@ -89,7 +89,8 @@ def constrained_sft(*, beta_first: float = 0.5, beta_early: float = 2.0, beta_la
     def loss(outputs, batch, refs):
         logp = target_logprobs(outputs.hidden, outputs.output_weights, batch["targets"], chunk_tokens=chunk_tokens)
         t = batch["response_pos"] + 1
-        beta = jnp.where(t == 1, beta_first, jnp.where(t <= early_until, beta_early, beta_late))
+        # t counts the final response's tokens; earlier assistant turns (t = 0) take beta_late
+        beta = jnp.where(t == 1, beta_first, jnp.where((t > 1) & (t <= early_until), beta_early, beta_late))
         per_token = -(2.0 / beta) * jax.nn.log_sigmoid(beta * (logp - refs["ref_logprobs"]))
         return masked_sum(per_token, batch), batch["loss_mask"].sum(), {"ce": masked_sum(-logp, batch)}
 

@@ -129,7 +129,7 @@ def cache_key(config, examples: Sequence[TokenizedExample]) -> dict[str, str]:
         "loss.kind": config.loss.kind,
         "model": f"{config.model.path} ({_files_digest(config.model.local_path(), ('*.safetensors', 'config.json'))})",
         "dtype": f"{config.model.dtype}/{config.model.compute_dtype or config.model.dtype}",
-        "data": _digest(*(np.asarray([e.index, e.prompt_len, *e.tokens], np.int64).tobytes() + b";"
+        "data": _digest(*(np.asarray([e.index, e.prompt_len, *e.tokens, *(i for s in e.turns for i in s)], np.int64).tobytes() + b";"
                           for e in examples)),
         "max_len": str(config.data.max_len),
         "buckets": str(config.data.buckets),
