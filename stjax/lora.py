@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from stjax.configlib import ConfigKeyError
 from stjax.models.partitioning import host_array
 from stjax.fileio import atomic_directory
 from stjax.models.checkpoint_io import hf_name
@@ -33,10 +34,39 @@ class LoraSection:
     rank: int = 8
     alpha: float = 32.0
     dropout: float = 0.05
-    targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])  # or ["all-linear"]
+    rslora: bool = False  # rank-stabilized scale alpha / sqrt(rank) instead of alpha / rank (PEFT use_rslora)
+
+    def check(self) -> None:
+        """One line naming the key for settings no adapter can have."""
+        expand_targets(self.targets)
+        if self.rank < 1:
+            raise ConfigKeyError(f"'lora.rank': expected a positive rank, got {self.rank}")
+        if not self.alpha > 0:
+            raise ConfigKeyError(f"'lora.alpha': expected a positive number, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigKeyError(f"'lora.dropout': expected a value in [0, 1), got {self.dropout}")
 
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output projection
+
+
+def expand_targets(targets: Sequence[str] | str) -> list[str]:
+    """lora.targets with `all-linear` expanded; anything unknown is a one-line error."""
+    names = [targets] if isinstance(targets, str) else list(targets)
+    if ALL_LINEAR in names:
+        return list(TARGETS)
+    unknown = sorted(set(names) - set(TARGETS))
+    if unknown or not names:
+        raise ConfigKeyError(f"'lora.targets': unknown module(s) {unknown}; expected {ALL_LINEAR!r} or a non-empty "
+                             f"subset of {list(TARGETS)}")
+    return [t for t in TARGETS if t in names]
+
+
+def lora_scale(alpha: float, rank: int, rslora: bool = False) -> float:
+    """The factor of B A: alpha / rank, or alpha / sqrt(rank) for rsLoRA (Kalajdzievski 2023)."""
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
 class LoraParam(nnx.Param):
@@ -60,7 +90,8 @@ def with_dropout_keys(state: nnx.State, key: jax.Array) -> nnx.State:
 
 
 class LoraAdapter(nnx.Module):
-    def __init__(self, base: Projection, rank: int, alpha: float, dropout: float, rngs: nnx.Rngs):
+    def __init__(self, base: Projection, rank: int, alpha: float, dropout: float, rngs: nnx.Rngs,
+                 rslora: bool = False):
         in_axes = base.weight.logical_axes[: len(base.in_shape)]
         out_axes = base.weight.logical_axes[len(base.in_shape):]
         fan_in = int(np.prod(base.in_shape))
@@ -72,7 +103,8 @@ class LoraAdapter(nnx.Module):
             logical_axes=(*in_axes, "lora_rank"),
         )
         self.b = LoraParam(jnp.zeros((rank, *base.out_shape), dtype), logical_axes=("lora_rank", *out_axes))
-        self.scale = alpha / rank
+        self.scale = lora_scale(alpha, rank, rslora)
+        self.rslora = rslora
         self.dropout = dropout
         self.dropout_key = DropoutKey(jax.random.key(0)) if dropout > 0 else None
         self.deterministic = False  # model.eval() turns dropout off
@@ -99,15 +131,12 @@ def adapted_projections(model: CausalLM, targets: Sequence[str] | None = None):
 
 
 def apply_lora(model: CausalLM, *, rank: int, alpha: float, dropout: float = 0.0,
-               targets: Sequence[str] = ("q_proj", "v_proj"), seed: int = 0) -> CausalLM:
+               targets: Sequence[str] | str = ("q_proj", "v_proj"), seed: int = 0, rslora: bool = False) -> CausalLM:
     """Attaches fresh adapters in place; the model is unchanged until B is trained."""
-    unknown = sorted(set(targets) - set(TARGETS))
-    if unknown:
-        raise ValueError(f"lora.targets: unknown module(s) {unknown}; expected a subset of {list(TARGETS)}")
     rngs = nnx.Rngs(params=seed)
-    found = list(adapted_projections(model, targets))
+    found = list(adapted_projections(model, expand_targets(targets)))
     for _, projection in found:
-        projection.lora = LoraAdapter(projection, rank, alpha, dropout, rngs)
+        projection.lora = LoraAdapter(projection, rank, alpha, dropout, rngs, rslora)
     _place_like_base(found)
     return model
 
@@ -140,8 +169,9 @@ def save_peft_adapter(model: CausalLM, out_dir: str | Path, *, base_model: str =
                       alpha: float, dropout: float, dtype=None) -> Path:
     """Writes adapter_config.json + adapter_model.safetensors as PEFT and vLLM load them."""
     out_dir = Path(out_dir)
-    tensors, targets = {}, set()
+    tensors, targets, rslora = {}, set(), False
     for path, projection in adapted_projections(model):
+        rslora |= projection.lora.rslora
         name = hf_name((*path, "weight"))[: -len(".weight")]
         a, b = host_array(projection.lora.a[...]), host_array(projection.lora.b[...])
         if dtype is not None:
@@ -154,7 +184,7 @@ def save_peft_adapter(model: CausalLM, out_dir: str | Path, *, base_model: str =
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
         "r": rank, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": sorted(targets),
         "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
-        "modules_to_save": None, "use_rslora": False, "use_dora": False,
+        "modules_to_save": None, "use_rslora": rslora, "use_dora": False,
     }
     if jax.process_index() != 0:
         return out_dir

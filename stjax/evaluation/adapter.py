@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from safetensors.numpy import load_file
 
-from stjax.lora import TARGETS, adapted_projections, apply_lora
+from stjax.lora import ALL_LINEAR, TARGETS, adapted_projections, apply_lora
 from stjax.models.checkpoint_io import CheckpointError, hf_name
 from stjax.models.transformer import CausalLM
 
@@ -30,12 +30,13 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     config = json.loads(path.read_text())
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{path}: peft_type {config['peft_type']!r} is not LORA")
-    for flag in ("use_rslora", "use_dora", "fan_in_fan_out"):
+    for flag in ("use_dora", "fan_in_fan_out"):
         if config.get(flag):
             raise CheckpointError(f"{path}: {flag}=true is not supported")
     targets = config.get("target_modules")
-    if not isinstance(targets, list) or not set(targets) <= set(TARGETS):
-        raise CheckpointError(f"{path}: target_modules must be a list of {', '.join(TARGETS)}, got {targets!r}")
+    if targets != ALL_LINEAR and (not isinstance(targets, list) or not set(targets) <= set(TARGETS)):
+        raise CheckpointError(f"{path}: target_modules must be {ALL_LINEAR!r} or a list of {', '.join(TARGETS)}, "
+                              f"got {targets!r}")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise CheckpointError(f"{path}: per-module rank_pattern/alpha_pattern is not supported")
     return config
@@ -54,7 +55,7 @@ def load_peft_adapter(model: CausalLM, adapter_dir: str | Path) -> CausalLM:
         raise CheckpointError(f"{adapter_dir}: no {WEIGHTS_FILE}")
     tensors = load_file(str(weights_path))
     apply_lora(model, rank=int(config["r"]), alpha=float(config["lora_alpha"]), dropout=0.0,
-               targets=config["target_modules"])
+               targets=config["target_modules"], rslora=bool(config.get("use_rslora")))
     used = set()
     for path, projection in adapted_projections(model):
         prefix = "base_model.model." + hf_name((*path, "weight"))[: -len(".weight")]

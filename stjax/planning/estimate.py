@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import math
 
+from stjax.lora import expand_targets
 from stjax.models.sections import mesh_rules
 from stjax.planning.hardware import Topology
 
@@ -85,7 +86,7 @@ def abstract_model(model_config, lora, *, for_compile: bool = False):
     Remat changes no parameter, only the graph: kept for compiling, dropped for counting."""
     if not for_compile:
         model_config = model_config.replace(remat="none")
-    return _abstract_model(model_config, (lora.enabled, lora.rank, lora.alpha, lora.dropout, tuple(lora.targets)))
+    return _abstract_model(model_config, (lora.enabled, lora.rank, lora.alpha, lora.dropout, tuple(expand_targets(lora.targets))))
 
 
 @functools.lru_cache(maxsize=8)
@@ -144,7 +145,7 @@ def activation_bytes_per_token(model_config, config, mesh) -> dict[str, float]:
     kv = (c.num_kv_heads / t if c.num_kv_heads % t == 0 else c.num_kv_heads) * c.head_dim * s
     x, x32 = D * s, D * 4
     scores, probs = heads * L * 4, heads * L * s
-    adapters = len(config.lora.targets) if config.lora.enabled else 0
+    adapters = len(expand_targets(config.lora.targets)) if config.lora.enabled else 0
     dropout = adapters * (D * s + D) if config.lora.enabled and config.lora.dropout > 0 else 0
     everything = (x + (x32 + x) + (q + 2 * kv) + (q + kv) + scores + probs + q + x + x + (x32 + x)
                   + 2 * F * s + 2 * F * s + x + dropout)

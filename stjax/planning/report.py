@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stjax.lora import expand_targets
 from stjax.planning.estimate import FIT_FRACTION, Estimate, rows_per_chip
 from stjax.planning.hardware import GiB
 
@@ -26,7 +27,7 @@ def report(config, est: Estimate, source: str, knobs: list[tuple[str, Estimate]]
          f"{rows_per_chip(config, m):g} rows/chip/micro-batch) x max_len {config.data.max_len}; dtype {config.model.dtype}; "
          f"remat {config.model.remat}; loss {config.loss.kind}"
          + (f" (ref {config.loss.ref})" if config.loss.kind != "sft" else "")
-         + (f"; LoRA r={config.lora.rank} on {'/'.join(config.lora.targets)}" if config.lora.enabled else "; full FT")),
+         + (f"; LoRA r={config.lora.rank} on {'/'.join(expand_targets(config.lora.targets))}" if config.lora.enabled else "; full FT")),
         f"  parameters {est.params_total / 1e9:.3f} B, trained {est.params_trained / 1e6:.2f} M",
         "",
         "memory per chip (estimate)",

@@ -75,7 +75,7 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
     lora = config.lora
     if lora.enabled:
         apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets,
-                   seed=config.train.seed)
+                   seed=config.train.seed, rslora=lora.rslora)
     graphdef, params, rest = split_model(model, LoraParam if lora.enabled else nnx.Param)
     schedule = make_schedule(config.optimizer, total_steps, steps_per_epoch)
     tx = make_optimizer(config.optimizer, schedule)

@@ -83,6 +83,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     sources.update({f"data.{k}": getattr(config.data, k) for k in ("harmful", "safety") if getattr(config.data, k)})
     for key, source in sources.items():
         source.check(key)
+    if config.lora.enabled:
+        config.lora.check()
     mesh_rules(config.mesh)  # unknown logical axes or mesh axes fail here, before anything loads
     if config.train.batch_size % config.train.grad_accum:
         raise ConfigKeyError(
