@@ -166,8 +166,10 @@ def merge_lora(model: CausalLM) -> CausalLM:
 
 
 def save_peft_adapter(model: CausalLM, out_dir: str | Path, *, base_model: str = "", rank: int,
-                      alpha: float, dropout: float, dtype=None) -> Path:
-    """Writes adapter_config.json + adapter_model.safetensors as PEFT and vLLM load them."""
+                      alpha: float, dropout: float, dtype=None, tokenizer=None,
+                      extra_files: dict[str, str] | None = None) -> Path:
+    """Writes adapter_config.json + adapter_model.safetensors as PEFT and vLLM load them, with
+    the tokenizer and `extra_files` (name -> text: a model card, generation_config.json)."""
     out_dir = Path(out_dir)
     tensors, targets, rslora = {}, set(), False
     for path, projection in adapted_projections(model):
@@ -191,4 +193,8 @@ def save_peft_adapter(model: CausalLM, out_dir: str | Path, *, base_model: str =
     with atomic_directory(out_dir) as staging:
         save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
         (staging / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
     return out_dir

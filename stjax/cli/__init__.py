@@ -17,6 +17,7 @@ COMMANDS = {
     "demo": ("demo", "PACT end to end on the embedded toy world: offline, CPU, minutes"),
     "train": ("train", "fine-tune a model from a YAML config (SFT, PACT, baselines)"),
     "safety-tokens": ("safety_tokens", "PACT stage 1: the safety tokens of an aligned model vs its base"),
+    "export": ("export", "export a saved checkpoint of a run (adapter, merged or full model) with its model card"),
     "eval": ("eval", "safety and utility benchmarks of a (fine-tuned) model"),
     "report": ("report", "compare eval runs: a Markdown table and PNG plots (no jax needed)"),
     "plan": ("plan", "will a training config fit a TPU slice, and what will it cost"),

@@ -188,8 +188,10 @@ def save_pretrained(
     dtype=None,
     tokenizer=None,
     max_shard_bytes: int = 5 * 2**30,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Writes config.json + safetensors shards (+ index) that transformers loads as is.
+    """Writes config.json + safetensors shards (+ index) that transformers loads as is, with
+    the tokenizer and `extra_files` (name -> text: a model card, generation_config.json).
 
     The directory appears atomically: it is written next to its final place and renamed,
     so an interrupted save never leaves a half-written checkpoint under `out_dir`.
@@ -228,6 +230,8 @@ def save_pretrained(
         (staging / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
     return out_dir
 
 

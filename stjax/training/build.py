@@ -16,13 +16,14 @@ import yaml
 from flax import nnx
 
 from stjax.data.pipeline import build_training_data
-from stjax.lora import LoraParam, apply_lora, merge_lora, save_peft_adapter
-from stjax.models import make_mesh, save_pretrained
+from stjax.lora import LoraParam, apply_lora
+from stjax.models import make_mesh
 from stjax.models.sections import load_model, load_tokenizer, mesh_rules
 from stjax.objective import Objective
 from stjax.pact.safety_tokens import load_safety_tokens
 from stjax.training.checkpointing import Checkpointer
 from stjax.training.config import TrainConfig
+from stjax.training.export import exporter, logged_metrics
 from stjax.training.objectives import build_objective
 from stjax.training.optimizer import make_optimizer, make_schedule
 from stjax.training.program import build_program
@@ -38,25 +39,6 @@ def objective_for(config: TrainConfig, vocab_size: int, tokenizer, header_len: i
     if loss.kind in ("pact", "pact_bucket"):
         ids, weights = load_safety_tokens(loss.safety_tokens, vocab_size=vocab_size, tokenizer=tokenizer)
     return build_objective(loss, safety_ids=ids, safety_weights=weights, header_len=header_len)
-
-
-def exporter(config: TrainConfig, tokenizer):
-    """trained model -> the export directory (the last written) of train.export."""
-    run_dir, lora = Path(config.train.run_dir), config.lora
-
-    def export(model: nnx.Module) -> Path | None:
-        out = None
-        for kind in config.train.exports(lora.enabled):
-            if kind == "adapter":
-                out = save_peft_adapter(model, run_dir / "adapter", base_model=config.model.path, rank=lora.rank,
-                                        alpha=lora.alpha, dropout=lora.dropout)
-            elif kind == "merged":
-                out = save_pretrained(merge_lora(model), run_dir / "merged", tokenizer=tokenizer)
-            else:
-                out = save_pretrained(model, run_dir / "model", tokenizer=tokenizer)
-        return out
-
-    return export
 
 
 def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
@@ -101,4 +83,5 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
                             checkpoint_every=config.checkpoint.every_steps, resume=config.train.resume == "auto",
                             progress=config.logging.progress, tensorboard=config.logging.tensorboard)
     return Trainer(program, state, batches, checkpointer, run_dir, schedule, settings,
-                   export=exporter(config, tokenizer), on_start=write_config)
+                   export=exporter(config, tokenizer, metrics=lambda: (logged_metrics(run_dir) or [None])[-1]),
+                   on_start=write_config)
