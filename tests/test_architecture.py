@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "stjax"
 
 # layer -> the top-level units (stjax.X) in it, bottom up
 LAYERS = [
-    ("leaves", ["stjax", "stjax.errors", "stjax.configlib", "stjax.fileio", "stjax.locations", "stjax.hub", "stjax.plotting",
+    ("leaves", ["stjax", "stjax.errors", "stjax.configlib", "stjax.fileio", "stjax.locations", "stjax.hub", "stjax.logs", "stjax.plotting",
                 "stjax.losses", "stjax.objective", "stjax.distributed"]),
     ("models", ["stjax.models"]),
     ("data", ["stjax.data"]),

@@ -85,7 +85,11 @@ def test_cli_runs_a_config_file(tmp_path, monkeypatch):
     tmp_path = tmp_path / "run"
     metrics = read_metrics(tmp_path)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert set(metrics[0]) >= {"loss", "ce", "lr", "grad_norm", "tokens", "tokens_per_sec"}
+    assert set(metrics[0]) >= {"loss", "ce", "lr", "grad_norm", "tokens", "response_tokens", "tokens_per_sec",
+                               "response_tokens_per_sec", "epoch", "step_s"}
+    assert metrics[0]["compile_s"] > 0 and all("compile_s" not in m for m in metrics[1:])  # one batch shape
+    assert metrics[0]["tokens"] > metrics[0]["response_tokens"] > 0
+    np.testing.assert_allclose([m["epoch"] for m in metrics], [m["step"] / 28 for m in metrics])  # 444 rows / 16
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "tensorboard").is_dir()
     adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert adapter["target_modules"] == ["q_proj", "v_proj"] and adapter["r"] == 8

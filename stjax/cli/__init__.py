@@ -28,7 +28,9 @@ COMMANDS = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: stjax <command> [options]   (stjax <command> --help for its options)", "", "commands:"]
+    lines = ["usage: stjax <command> [options]   (stjax <command> --help for its options)",
+             "every command also takes --quiet (warnings only), --verbose (debug messages) and --debug (tracebacks)",
+             "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 

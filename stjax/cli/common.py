@@ -10,12 +10,28 @@ from typing import Any, Callable
 from stjax.errors import UserError
 
 
+GLOBAL_FLAGS = {"--quiet": "quiet", "-q": "quiet", "--verbose": "verbose", "-v": "verbose"}
+DEBUG_FLAG, DEBUG_ENV = "--debug", "STJAX_DEBUG"
+
+
 def run_cli(program: str, main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     """main(argv) -> exit code; a UserError (bad config, data, checkpoint, mesh) or a missing
-    file is printed as `program: error: ...` and exits 2, without a traceback."""
+    file is printed as `program: error: ...` and exits 2, without a traceback (--debug or
+    STJAX_DEBUG=1 keeps it). --quiet / --verbose, anywhere in argv, set stjax's log level."""
+    import os
+
+    from stjax.logs import set_verbosity
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    levels = [GLOBAL_FLAGS[a] for a in argv if a in GLOBAL_FLAGS]
+    set_verbosity(levels[-1] if levels else "normal")
+    argv = [a for a in argv if a not in GLOBAL_FLAGS and a != DEBUG_FLAG]
     try:
-        return main(sys.argv[1:] if argv is None else argv)
+        return main(argv)
     except (UserError, FileNotFoundError) as e:
+        if debug:
+            raise
         print(f"{program}: error: {e}", file=sys.stderr)
         return 2
 

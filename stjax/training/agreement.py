@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 
 from stjax.distributed import DistributedError, describe
+from stjax.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def config_json(config: Any) -> str:
@@ -100,7 +103,7 @@ def check_run(config) -> str:
         check_batch_split(make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor),
                           config.train.batch_size, config.train.grad_accum)
         if jax.process_index() == 0:
-            print(f"distributed: {describe()}; config sha256 {digest[:12]} agreed by all processes", flush=True)
+            log.info(f"distributed: {describe()}; config sha256 {digest[:12]} agreed by all processes")
     return digest
 
 

@@ -30,6 +30,9 @@ from stjax.training.program import build_program
 from stjax.training.reference_cache import CachedBatches, cached_reference
 from stjax.training.step import split_model
 from stjax.training.trainer import LoopSettings, Trainer
+from stjax.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def objective_for(config: TrainConfig, vocab_size: int, tokenizer, header_len: int) -> Objective:
@@ -46,7 +49,7 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
     mesh, rules = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor), mesh_rules(config.mesh)
     tokenizer = tokenizer or load_tokenizer(config.model.tokenizer_path(), config.model.chat_template)
     data = build_training_data(config, tokenizer)
-    print(f"data: {data.stats}")
+    log.info(f"data: {data.stats}")
     steps_per_epoch = data.batches.batches_per_epoch
     total_steps = config.train.epochs * steps_per_epoch
     if config.train.max_steps is not None:
@@ -69,7 +72,7 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
     batches = data.batches
     if objective.needs_reference and not program.online:
         if latest is not None and latest >= total_steps:  # a finished run: no step will read it
-            print(f"reference cache: not needed (the run finished at step {latest})")
+            log.info(f"reference cache: not needed (the run finished at step {latest})")
         else:
             batches = CachedBatches(batches, cached_reference(config, objective, program, params, data.examples))
     state = program.init_state(params)  # donates params: the reference cache is computed before
@@ -81,7 +84,9 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
 
     settings = LoopSettings(total_steps, log_every=config.train.log_every,
                             checkpoint_every=config.checkpoint.every_steps, resume=config.train.resume == "auto",
-                            progress=config.logging.progress, tensorboard=config.logging.tensorboard)
+                            progress=config.logging.progress, tensorboard=config.logging.tensorboard,
+                            steps_per_epoch=steps_per_epoch, hparams=dataclasses.asdict(config),
+                            wandb=config.logging.wandb)
     return Trainer(program, state, batches, checkpointer, run_dir, schedule, settings,
                    export=exporter(config, tokenizer, metrics=lambda: (logged_metrics(run_dir) or [None])[-1]),
                    on_start=write_config)

@@ -15,6 +15,7 @@ from stjax.configlib import ConfigKeyError, apply_overrides, from_dict, read_yam
 from stjax.data.sections import DataSection
 from stjax.lora import LoraSection
 from stjax.models.sections import MeshSection, ModelSection, mesh_rules
+from stjax.training.metrics_log import WandbSection
 from stjax.training.objectives import LossSection
 from stjax.training.optimizer import OptimizerSection
 from stjax.training.presets import apply_preset
@@ -57,7 +58,8 @@ class CheckpointSection:
 @dataclasses.dataclass
 class LoggingSection:
     progress: bool = True
-    tensorboard: bool = True
+    tensorboard: bool = True  # scalars, plus the resolved config and hyperparameters
+    wandb: WandbSection | None = None  # Weights & Biases (pip install 'stjax[wandb]')
 
 
 @dataclasses.dataclass

@@ -28,6 +28,9 @@ from stjax.fileio import atomic_directory
 from stjax.models.partitioning import host_array
 from stjax.objective import ReferenceFn
 from stjax.training.step import Frozen, make_reference
+from stjax.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def precompute_reference(
@@ -190,9 +193,9 @@ def cached_reference(config, objective, program, params, examples: Sequence[Toke
     key = cache_key(config, examples)
     why = saved_key_mismatch(directory, key) if local else "run_dir is not a local path: not saved"
     if _everyone(why is None):
-        print(f"reference cache: read from {directory}")
+        log.info(f"reference cache: read from {directory}")
         return load_cache(directory)
-    print(f"reference cache: computing over {len(examples)} examples ({why})")
+    log.info(f"reference cache: computing over {len(examples)} examples ({why})")
 
     cache = precompute_reference(objective.reference_fn, program.graphdef, params, program.frozen, examples,
                                  batch_size=config.train.batch_size, max_len=config.data.max_len,

@@ -108,7 +108,8 @@ def make_train_step(
         metrics = {
             "loss": loss_sum / denominator,
             "grad_norm": optax.tree.norm(grads),
-            "tokens": count,
+            "tokens": batch["attention_mask"].sum().astype(jnp.float32),  # real (unpadded) tokens read
+            "response_tokens": count,  # the tokens the loss covers
             **{name: value / denominator for name, value in metric_sums.items()},
         }
         return TrainState(state.step + 1, params, opt_state, state.rng), metrics

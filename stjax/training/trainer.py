@@ -18,12 +18,16 @@ import jax
 import optax
 from flax import nnx
 
+from stjax.logs import get_logger
 from stjax.training.agreement import StopAgreement
 from stjax.training.checkpointing import Checkpointer
-from stjax.training.metrics_log import MetricsLog
+from stjax.training.metrics_log import MetricsLog, WandbSection
 from stjax.training.preemption import StopRequest
 from stjax.training.program import TrainProgram
 from stjax.training.step import TrainState
+
+
+logger = get_logger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,6 +50,9 @@ class LoopSettings:
     resume: bool = True  # continue from the checkpointer's latest step when there is one
     progress: bool = True
     tensorboard: bool = True
+    steps_per_epoch: int | None = None  # for the logged epoch
+    hparams: dict | None = None  # the resolved config, for TensorBoard and W&B
+    wandb: WandbSection | None = None
 
 
 def _host_metrics(metrics: dict) -> dict:
@@ -82,7 +89,7 @@ class Trainer:
             self.on_start()
         start = self.maybe_resume()
         cfg = self.settings
-        log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard)
+        log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=cfg.hparams)
         bar = tqdm(total=cfg.total_steps, initial=start, unit="step", desc="train", dynamic_ncols=True,
                    disable=not cfg.progress or jax.process_index() != 0)
         losses: list[float] = []
@@ -93,6 +100,9 @@ class Trainer:
         step = start
         batches = iter(self.batches)
 
+        shapes: set = set()  # batch shapes compiled so far: each new one compiles the step
+        compile_time: dict[int, float] = {}  # step -> seconds spent compiling before it ran
+
         def settle(entry):
             nonlocal last_settled
             done_step, metrics = entry
@@ -102,12 +112,19 @@ class Trainer:
                 raise TrainingDiverged(f"step {done_step}: loss is {values['loss']}; stopped. "
                                        f"Last good checkpoint: {where}")
             now = time.perf_counter()
-            elapsed, last_settled = max(now - last_settled, 1e-9), now
-            values.update(step=done_step, lr=float(self.schedule(done_step - 1)),
-                          tokens_per_sec=values["tokens"] / elapsed)
+            compiling = compile_time.pop(done_step, 0.0)
+            elapsed, last_settled = max(now - last_settled - compiling, 1e-9), now
+            values.update(step=done_step, lr=float(self.schedule(done_step - 1)), step_s=elapsed,
+                          tokens_per_sec=values["tokens"] / elapsed,
+                          response_tokens_per_sec=values["response_tokens"] / elapsed)
+            if cfg.steps_per_epoch:
+                values["epoch"] = done_step / cfg.steps_per_epoch
+            if compiling:
+                values["compile_s"] = compiling  # apart from step_s and the throughputs
             losses.append(values["loss"])
             if done_step % cfg.log_every == 0 or done_step == cfg.total_steps:
                 log.write(values)
+            bar.set_description("train")
             bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_sec']:.0f}")
             bar.update(1)
 
@@ -116,8 +133,18 @@ class Trainer:
                 agreement = StopAgreement()  # every process stops at the same step
                 while step < cfg.total_steps:
                     batch = self.program.device_batch(next(batches))
+                    shape = tuple(batch["inputs"].shape)
+                    if shape not in shapes:  # tracing and compiling happen in the call, before dispatch
+                        bar.set_description(f"train (compiling for batch {shape[0]}x{shape[1]})")
+                        bar.refresh()
+                    began = time.perf_counter()
                     self.state, metrics = self.program.step(self.state, self.program.frozen, batch)
                     step += 1
+                    if shape not in shapes:
+                        shapes.add(shape)
+                        compile_time[step] = time.perf_counter() - began
+                        bar.unpause()  # the ETA counts steps, not the compilation
+                        logger.debug(f"train step compiled for batch {shape[0]}x{shape[1]} in {compile_time[step]:.1f} s")
                     if pending is not None:  # read the previous step while this one runs
                         settle(pending)
                     pending = (step, metrics)
