@@ -95,3 +95,41 @@ def test_quiet_verbose_and_debug_flags(tmp_path, capsys):
     from stjax.logs import set_verbosity
 
     set_verbosity("normal")  # as every later command starts
+
+
+def test_validation_loss_equals_the_training_loss_on_the_same_rows(tmp_path):
+    """With lr 0 and no dropout the weights never move: the eval loss over 16 rows is the
+    training loss of one 16-row batch of the same rows, at every evaluation."""
+    rows = {"path": "toy://data/sentiment_train.jsonl", "limit": 16}
+    frozen = {"optimizer": {"lr": 0.0}, "lora": {"dropout": 0.0}}
+    config = make_config(tmp_path / "a", data={"eval": [rows]}, train={"max_steps": 4, "eval_every": 2},
+                         **frozen)
+    trainer = build_trainer(config)
+    trainer.run()
+    metrics = read_metrics(tmp_path / "a")
+    evaluated = [m for m in metrics if "eval_loss" in m]
+    assert [m["step"] for m in evaluated] == [2, 4] and all(m["eval_s"] > 0 for m in evaluated)
+    one_batch = make_config(tmp_path / "b", data={"train": [rows], "harmful_ratio": 0.0},
+                            train={"max_steps": 1, "batch_size": 16}, **frozen)
+    build_trainer(one_batch).run()
+    want = read_metrics(tmp_path / "b")[0]
+    for m in evaluated:
+        assert abs(m["eval_loss"] - want["loss"]) < 1e-5 and abs(m["eval_ce"] - want["ce"]) < 1e-5
+        assert m["eval_tokens"] == want["response_tokens"]
+    assert trainer.program.eval_step._cache_size() == 1  # one bucket width: compiled once
+
+
+def test_validation_kl_of_pact_cached_equals_online(tmp_path):
+    from trainer_fixtures import make_safety_tokens
+
+    safety = make_safety_tokens(tmp_path / "st")
+    out = {}
+    for ref in ("cached", "online"):
+        config = make_config(tmp_path / ref, loss={"kind": "pact", "safety_tokens": str(safety), "lam": 5.0, "ref": ref},
+                             data={"eval": [{"path": "toy://data/harmful_refuse_train.jsonl", "limit": 12}]},
+                             train={"max_steps": 3})
+        build_trainer(config).run()
+        out[ref] = read_metrics(tmp_path / ref)[-1]
+    assert out["cached"]["eval_kl"] > 0
+    for key in ("eval_loss", "eval_kl", "eval_gate", "eval_ce"):
+        assert abs(out["cached"][key] - out["online"][key]) <= 2e-5 * abs(out["online"][key]) + 1e-7, key

@@ -103,6 +103,8 @@ def test_cli_runs_a_config_file(tmp_path, monkeypatch):
     ("train.grad_accum=3", "'train.batch_size': 16 is not divisible by train.grad_accum=3"),
     ("lora.targets=[qkv]", "'lora.targets': unknown module(s) ['qkv']; expected 'all-linear' or"),
     ("lora.rank=0", "'lora.rank': expected a positive rank, got 0"),
+    ("train.eval_every=5", "'train.eval_every': expected a positive number of steps with data.eval sources, got 5 "
+                           "and no data.eval"),
 ])
 def test_config_errors_are_one_line_with_the_key(override, message, capsys):
     assert run_cli("stjax train", train_cli.main, ["--config", str(TINY), override]) == 2

@@ -41,6 +41,17 @@ def with_system_prompt(conversations: list[Conversation], prompt: str | None) ->
     return [dataclasses.replace(c, messages=(system, *c.messages)) for c in conversations]
 
 
+def build_eval_data(config, tokenizer) -> TrainingData | None:
+    """The validation sets (data.eval) tokenized like the training data, in a fixed order; None without any."""
+    data = config.data
+    if not data.eval:
+        return None
+    conversations = with_system_prompt([row for source in data.eval for row in load_source(source)], data.system_prompt)
+    examples, stats = tokenize_conversations(conversations, tokenizer, data.max_len, train_on=data.train_on)
+    batches = BatchIterator(examples, config.train.batch_size, data.max_len, buckets=data.buckets, shuffle=False)
+    return TrainingData(examples, stats, batches, assistant_header_ids(tokenizer))
+
+
 def build_training_data(config, tokenizer) -> TrainingData:
     data = config.data
     conversations = [row for source in data.train for row in load_source(source)]

@@ -43,6 +43,7 @@ class SourceSection:
 @dataclasses.dataclass
 class DataSection:
     train: list[SourceSection]
+    eval: list[SourceSection] = dataclasses.field(default_factory=list)  # validation sets (train.eval_every)
     harmful: SourceSection | None = None  # mixed into train at harmful_ratio
     harmful_ratio: float = 0.0
     safety: SourceSection | None = None  # refusal rows mixed in at safety_ratio (safety_mix)

@@ -15,7 +15,7 @@ import jax
 import yaml
 from flax import nnx
 
-from stjax.data.pipeline import build_training_data
+from stjax.data.pipeline import build_eval_data, build_training_data
 from stjax.lora import LoraParam, apply_lora
 from stjax.models import make_mesh
 from stjax.models.sections import load_model, load_tokenizer, mesh_rules
@@ -27,9 +27,10 @@ from stjax.training.export import exporter, logged_metrics
 from stjax.training.objectives import build_objective
 from stjax.training.optimizer import make_optimizer, make_schedule
 from stjax.training.program import build_program
-from stjax.training.reference_cache import CachedBatches, cached_reference
+from stjax.training.reference_cache import CachedBatches, cached_reference, precompute_reference
 from stjax.training.step import split_model
 from stjax.training.trainer import LoopSettings, Trainer
+from stjax.training.validation import make_evaluator
 from stjax.logs import get_logger
 
 log = get_logger(__name__)
@@ -75,7 +76,18 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
             log.info(f"reference cache: not needed (the run finished at step {latest})")
         else:
             batches = CachedBatches(batches, cached_reference(config, objective, program, params, data.examples))
-    state = program.init_state(params)  # donates params: the reference cache is computed before
+    evaluate = None
+    eval_data = build_eval_data(config, tokenizer)
+    if eval_data is not None:
+        log.info(f"eval data: {eval_data.stats}")
+        eval_cache = None
+        if objective.needs_reference and not program.online:  # small: computed each start, not saved
+            eval_cache = precompute_reference(
+                objective.reference_fn, program.graphdef, params, program.frozen, eval_data.examples,
+                batch_size=config.train.batch_size, max_len=config.data.max_len, buckets=config.data.buckets,
+                put_batch=program.device_batch, progress=config.logging.progress)
+        evaluate = make_evaluator(program, eval_data, eval_cache)
+    state = program.init_state(params)  # donates params: the reference caches are computed before
 
     def write_config() -> None:
         if jax.process_index() == 0:
@@ -86,7 +98,7 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
                             checkpoint_every=config.checkpoint.every_steps, resume=config.train.resume == "auto",
                             progress=config.logging.progress, tensorboard=config.logging.tensorboard,
                             steps_per_epoch=steps_per_epoch, hparams=dataclasses.asdict(config),
-                            wandb=config.logging.wandb)
+                            wandb=config.logging.wandb, eval_every=config.train.eval_every)
     return Trainer(program, state, batches, checkpointer, run_dir, schedule, settings,
                    export=exporter(config, tokenizer, metrics=lambda: (logged_metrics(run_dir) or [None])[-1]),
-                   on_start=write_config)
+                   on_start=write_config, evaluate=evaluate)

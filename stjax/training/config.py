@@ -38,6 +38,7 @@ class TrainSection:
     # base with the adapters merged, a Hub checkpoint in merged/), model (full fine-tuning: a Hub
     # checkpoint in model/), a list of them, or none. null: adapter with LoRA, model without.
     export: Export | list[Export] | Literal["none"] | None = None
+    eval_every: int | None = None  # validation loss on data.eval every N steps (null: at the end only)
 
     def exports(self, lora: bool) -> list[str]:
         if self.export is None:
@@ -83,6 +84,10 @@ def validate(config: TrainConfig) -> TrainConfig:
     """Cross-field checks the types cannot express."""
     sources = {f"data.train[{i}]": source for i, source in enumerate(config.data.train)}
     sources.update({f"data.{k}": getattr(config.data, k) for k in ("harmful", "safety") if getattr(config.data, k)})
+    sources.update({f"data.eval[{i}]": source for i, source in enumerate(config.data.eval)})
+    if config.train.eval_every is not None and (config.train.eval_every < 1 or not config.data.eval):
+        raise ConfigKeyError(f"'train.eval_every': expected a positive number of steps with data.eval sources, got "
+                             f"{config.train.eval_every}{'' if config.data.eval else ' and no data.eval'}")
     for key, source in sources.items():
         source.check(key)
     if config.lora.enabled:

@@ -72,9 +72,9 @@ class MetricsLog:
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"train/{key}", value, record["step"])
+                    self._tb.add_scalar(_tag(key), value, record["step"])
         if self._wandb is not None:
-            self._wandb.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
+            self._wandb.log({_tag(k): v for k, v in record.items() if k != "step"}, step=record["step"])
 
     def close(self) -> None:
         if self._file is not None:
@@ -86,6 +86,11 @@ class MetricsLog:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _tag(key: str) -> str:
+    """train/loss, eval/loss (for eval_loss), ..."""
+    return f"eval/{key[len('eval_'):]}" if key.startswith("eval_") else f"train/{key}"
 
 
 def _wandb_run(section: WandbSection, run_dir: Path, config: dict | None):

@@ -21,7 +21,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding
 from stjax.objective import Objective
-from stjax.training.step import Frozen, TrainState, batch_sharding, jit_train_step, make_train_step, state_sharding
+from stjax.training.step import (Frozen, TrainState, batch_sharding, jit_train_step, make_eval_step, make_train_step,
+                                 state_sharding)
 
 
 @dataclasses.dataclass
@@ -36,6 +37,7 @@ class TrainProgram:
     init_state: Callable[[nnx.State], TrainState]  # trained params -> sharded TrainState (donates the params)
     abstract_state: TrainState  # shapes, dtypes and shardings of the state
     step: Callable  # jitted (state, frozen, batch) -> (state, metrics), state donated
+    eval_step: Callable  # jitted (params, frozen, batch) -> summed loss and metrics (validation)
 
     def device_batch(self, batch: dict) -> dict:
         """Host rows -> global arrays sharded over the batch mesh axes."""
@@ -90,8 +92,11 @@ def build_program(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, ob
     step = jit_train_step(make_train_step(graphdef, objective.loss, tx, grad_accum=grad_accum,
                                           reference_fn=objective.reference_fn if online else None),
                           shardings, frozen_shardings, batch)
+    evaluate = jax.jit(make_eval_step(graphdef, objective.loss, reference_fn=objective.reference_fn if online else None),
+                       in_shardings=(shardings.params, frozen_shardings, batch),
+                       out_shardings=NamedSharding(mesh, PartitionSpec()))
     return TrainProgram(graphdef, objective, online, frozen, frozen_shardings, shardings, batch,
-                        jax.jit(init, out_shardings=shardings, donate_argnums=0), abstract_state, step)
+                        jax.jit(init, out_shardings=shardings, donate_argnums=0), abstract_state, step, evaluate)
 
 
 def compiled_step(program: TrainProgram, batch: dict[str, Any]):

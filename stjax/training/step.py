@@ -117,6 +117,21 @@ def make_train_step(
     return train_step
 
 
+def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn, *, reference_fn: ReferenceFn | None = None):
+    """(trainable params, frozen, batch) -> the objective's sums on the batch, dropout off and
+    no gradient: {"loss", "tokens", and every metric of the loss}, each summed over tokens."""
+
+    def eval_step(params, frozen: Frozen, batch: dict):
+        model = nnx.merge(graphdef, params, frozen.rest)
+        model.eval()
+        hidden, _ = model.hidden_states(batch["inputs"], attention_mask=batch["attention_mask"])
+        refs = batch if reference_fn is None else reference_fn(make_reference(graphdef, params, frozen), batch)
+        loss_sum, count, metrics = loss_fn(ModelOutputs(hidden, model.output_weights()), batch, refs)
+        return {"loss": loss_sum, "tokens": count, **metrics}
+
+    return eval_step
+
+
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
     """Rows over the batch mesh axes (data, fsdp), the rest replicated."""
     return NamedSharding(mesh, PartitionSpec(rules["batch"]))

@@ -53,6 +53,7 @@ class LoopSettings:
     steps_per_epoch: int | None = None  # for the logged epoch
     hparams: dict | None = None  # the resolved config, for TensorBoard and W&B
     wandb: WandbSection | None = None
+    eval_every: int | None = None  # with an evaluate function: every N steps (None: at the end only)
 
 
 def _host_metrics(metrics: dict) -> dict:
@@ -70,6 +71,7 @@ class Trainer:
     settings: LoopSettings
     export: Callable[[nnx.Module], Path | None] | None = None  # trained model -> export directory
     on_start: Callable[[], None] | None = None  # e.g. write the resolved config
+    evaluate: Callable[[TrainState], dict[str, float]] | None = None  # validation metrics of a state
 
     def maybe_resume(self) -> int:
         latest = self.checkpointer.latest_step()
@@ -103,7 +105,7 @@ class Trainer:
         shapes: set = set()  # batch shapes compiled so far: each new one compiles the step
         compile_time: dict[int, float] = {}  # step -> seconds spent compiling before it ran
 
-        def settle(entry):
+        def settle(entry, extra: dict | None = None, extra_s: float = 0.0):
             nonlocal last_settled
             done_step, metrics = entry
             values = _host_metrics(metrics)
@@ -113,7 +115,7 @@ class Trainer:
                                        f"Last good checkpoint: {where}")
             now = time.perf_counter()
             compiling = compile_time.pop(done_step, 0.0)
-            elapsed, last_settled = max(now - last_settled - compiling, 1e-9), now
+            elapsed, last_settled = max(now - last_settled - compiling - extra_s, 1e-9), now
             values.update(step=done_step, lr=float(self.schedule(done_step - 1)), step_s=elapsed,
                           tokens_per_sec=values["tokens"] / elapsed,
                           response_tokens_per_sec=values["response_tokens"] / elapsed)
@@ -121,6 +123,8 @@ class Trainer:
                 values["epoch"] = done_step / cfg.steps_per_epoch
             if compiling:
                 values["compile_s"] = compiling  # apart from step_s and the throughputs
+            if extra:
+                values.update(extra, eval_s=extra_s)
             losses.append(values["loss"])
             if done_step % cfg.log_every == 0 or done_step == cfg.total_steps:
                 log.write(values)
@@ -148,9 +152,16 @@ class Trainer:
                     if pending is not None:  # read the previous step while this one runs
                         settle(pending)
                     pending = (step, metrics)
+                    if self.evaluate is not None and (step == cfg.total_steps or (
+                            cfg.eval_every and step % cfg.eval_every == 0)):
+                        began = time.perf_counter()
+                        scores = self.evaluate(self.state)  # the state after this step, before the next
+                        settle(pending, scores, extra_s=time.perf_counter() - began)
+                        pending = None
                     stopped_by = agreement.poll(stop.signal_name)
                     if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or stopped_by:
-                        settle(pending)
+                        if pending is not None:
+                            settle(pending)
                         pending = None
                         self.checkpointer.save(step, self.state, self.batches.get_state())
                         last_saved = step
