@@ -33,6 +33,24 @@ class HubError(UserError):
     """A Hub id that cannot be resolved: not cached while offline, unreachable, unknown or gated."""
 
 
+def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, message: str = "Upload with stjax") -> str:
+    """Uploads an export folder to a Hub model repository (created if needed); returns its URL."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    if not _HUB_ID.match(repo_id):
+        raise HubError(f"push_to_hub: {repo_id!r} is not a Hub repository id (expected org/name)")
+    api = huggingface_hub.HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message)
+    except (errors.HfHubHTTPError, OSError, ValueError) as e:  # offline, no token, no permission
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise HubError(f"push_to_hub {repo_id}: the upload of {folder} failed ({reason}); log in with "
+                       "`hf auth login` (or HF_TOKEN) and check the network") from None
+    return f"https://huggingface.co/{repo_id}"
+
+
 def is_hub_id(location: str) -> bool:
     """`org/name` that is not a local path (a folder of that name wins)."""
     return bool(_HUB_ID.match(location)) and ".." not in location and not Path(location).exists()

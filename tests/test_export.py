@@ -69,3 +69,34 @@ def test_export_of_a_saved_step_equals_a_run_that_stopped_there(tmp_path, base_m
     assert len(err.splitlines()) == 1 and "no checkpoint at step 3 (saved steps: 2, 4)" in err
     assert run_cli("stjax export", export_cli.main, [str(tmp_path / "nowhere")]) == 2
     assert "no config.yaml (expected the run directory of stjax train)" in capsys.readouterr().err
+
+
+def test_push_to_hub_uploads_the_export_folder(tmp_path, base_model, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create", repo_id, kwargs["private"]))
+
+        def upload_folder(self, *, folder_path, repo_id, **kwargs):
+            calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    train(tmp_path / "run", base_model, 2)
+    argv = [str(tmp_path / "run"), "--kind", "adapter", "--out", str(tmp_path / "out"), "--push-to-hub", "me/my-adapter",
+            "--private"]
+    assert run_cli("stjax export", export_cli.main, argv) == 0
+    assert "pushed to https://huggingface.co/me/my-adapter" in capsys.readouterr().out
+    assert calls[0] == ("create", "me/my-adapter", True)
+    assert calls[1][0] == "upload" and {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(calls[1][2])
+
+    class Offline(FakeApi):
+        def create_repo(self, repo_id, **kwargs):
+            raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    assert run_cli("stjax export", export_cli.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "push_to_hub me/my-adapter: the upload of" in err and "hf auth login" in err
