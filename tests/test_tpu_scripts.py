@@ -157,8 +157,9 @@ def test_setup_pins_versions_and_masks_the_token(tmp_path):
     assert "--worker=all" in install and "stjax-0.1.0-py3-none-any.whl[tpu]" in install
     assert "jax[tpu]==0.10.2" in install
     downloads = gcloud[3:]
-    assert [("Qwen2.5-7B-Instruct" in d, "models/Qwen2.5-7B'" in d) for d in downloads] == [(True, False),
-                                                                                           (False, True)]
+    assert all("from stjax.hub import local_dir" in d for d in downloads)  # into the Hugging Face cache
+    assert [("Qwen/Qwen2.5-7B-Instruct" in d, "Qwen/Qwen2.5-7B" in d) for d in downloads] == [(True, True),
+                                                                                             (False, True)]
 
 
 def test_launch_runs_the_config_on_every_worker(tmp_path):

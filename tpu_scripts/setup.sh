@@ -10,9 +10,10 @@
 #                  built from this checkout must carry it
 #   DATA_DIR       local directory copied to $REMOTE_DIR/shared/data on every worker
 #                  (default: ../shared/data next to the checkout; skipped when absent)
-#   MODELS         Hugging Face repos to download on every worker into $REMOTE_DIR/models/<name>
-#                  (default: the Llama 3.1 8B pair; Qwen: "Qwen/Qwen2.5-7B-Instruct Qwen/Qwen2.5-7B";
-#                  MODELS="" skips). Only *.json, *.safetensors and tokenizer files are fetched.
+#   MODELS         Hugging Face repos to download into every worker's Hugging Face cache, where
+#                  the configs' Hub ids find them offline (default: the Llama 3.1 8B pair; Qwen:
+#                  "Qwen/Qwen2.5-7B-Instruct Qwen/Qwen2.5-7B"; MODELS="" skips). Only the files
+#                  stjax reads are fetched (safetensors, config, tokenizer, generation config).
 #   HF_TOKEN       passed to the downloads (Llama is gated: accept its licence on the Hub first);
 #                  masked in printed commands
 #   PYTHON         remote python (default: python3); packages go to its --user site
@@ -57,9 +58,7 @@ install+=" && $PYTHON -c 'import jax, stjax; print(jax.__version__, jax.device_c
 tpu_ssh all "$install"
 
 for repo in $MODELS; do
-  name=${repo##*/}
-  fetch="from huggingface_hub import snapshot_download; snapshot_download('$repo', local_dir='models/$name',"
-  fetch+=" allow_patterns=['*.json', '*.safetensors', 'tokenizer*'])"
+  fetch="from stjax.hub import local_dir; print(local_dir('$repo'))"
   tpu_ssh all "cd $REMOTE_DIR && ${HF_TOKEN:+HF_TOKEN=$HF_TOKEN }$PYTHON -c \"$fetch\""
 done
 log "workers ready: stjax $STJAX_VERSION, jax[tpu] $JAX_VERSION, models: ${MODELS:-none}"
