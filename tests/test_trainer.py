@@ -71,10 +71,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                          checkpoint={"every_steps": 1}, train={"max_steps": 20})
     with pytest.raises(TrainingDiverged, match=r"step (\d+): loss is (nan|inf)") as info:
         build_trainer(config).run()
-    bad_step = int(info.value.args[0].split()[1].rstrip(":"))
-    saved = [int(s) for s in os.listdir(tmp_path / "checkpoints")]
-    assert saved and max(saved) < bad_step
+    message = info.value.args[0]
+    bad_step = int(message.split()[1].rstrip(":"))
+    # the checkpoint of step bad - 1 holds the weights whose loss was not finite: set aside
+    assert f"set aside the checkpoint of step {bad_step - 1} (diverged-{bad_step - 1})" in message
+    entries = os.listdir(tmp_path / "checkpoints")
+    assert f"diverged-{bad_step - 1}" in entries
+    saved = sorted(int(s) for s in entries if s.isdigit())
+    good = int(re.search(r"Last good checkpoint: step (\d+)", message).group(1)) if saved else None
+    assert good == (saved[-1] if saved else None)
+    if good is not None:  # its weights gave a finite loss: the step after it was logged finite
+        assert good + 1 < bad_step and np.isfinite(read_metrics(tmp_path)[good]["loss"])
     assert all(np.isfinite(m["loss"]) for m in read_metrics(tmp_path))
+    with pytest.raises(TrainingDiverged) as again:  # a rerun resumes from the good one, not into the NaN
+        build_trainer(config).run()
+    assert f"step {bad_step}: " in again.value.args[0] or good is None
 
 
 def test_cli_runs_a_config_file(tmp_path, monkeypatch):

@@ -42,6 +42,24 @@ class Checkpointer:
         ))
         return restored.state, restored.data
 
+    def set_aside(self, from_step: int) -> list[int]:
+        """Takes the checkpoints at `from_step` and later out of resumption (their weights
+        diverged): renamed to `diverged-<step>` (`.1`, `.2` for repeats; kept for inspection) on local disks, deleted
+        elsewhere. Returns their steps."""
+        self.manager.wait_until_finished()
+        steps = [s for s in self.manager.all_steps() if s >= from_step]
+        for step in steps:
+            if "://" in self.directory:
+                self.manager.delete(step)
+            else:
+                target, n = os.path.join(self.directory, f"diverged-{step}"), 1
+                while os.path.exists(target):  # diverged there before: keep both
+                    target, n = os.path.join(self.directory, f"diverged-{step}.{n}"), n + 1
+                os.replace(os.path.join(self.directory, str(step)), target)
+        if steps:
+            self.manager.reload()
+        return sorted(steps)
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -97,7 +97,6 @@ class Trainer:
         losses: list[float] = []
         pending = None  # (step, metrics) of the step in flight
         last_settled = time.perf_counter()
-        last_saved = start if start else None
         stopped_by = None
         step = start
         batches = iter(self.batches)
@@ -110,8 +109,14 @@ class Trainer:
             done_step, metrics = entry
             values = _host_metrics(metrics)
             if not math.isfinite(values["loss"]):
-                where = f"step {last_saved} in {self.checkpointer.directory}" if last_saved else "none yet"
-                raise TrainingDiverged(f"step {done_step}: loss is {values['loss']}; stopped. "
+                # loss k is computed with the weights after update k - 1: the checkpoint of step
+                # k - 1 (and any later one) holds weights that diverge, so a rerun must not resume there
+                bad = self.checkpointer.set_aside(done_step - 1)
+                good = self.checkpointer.latest_step()
+                where = (f"step {good} in {self.checkpointer.directory} (a rerun resumes there)" if good is not None
+                         else "none (a rerun starts from the initial weights)")
+                aside = f"; set aside the checkpoint of step {bad[0]} (diverged-{bad[0]})" if bad else ""
+                raise TrainingDiverged(f"step {done_step}: loss is {values['loss']}; stopped{aside}. "
                                        f"Last good checkpoint: {where}")
             now = time.perf_counter()
             compiling = compile_time.pop(done_step, 0.0)
@@ -164,7 +169,6 @@ class Trainer:
                             settle(pending)
                         pending = None
                         self.checkpointer.save(step, self.state, self.batches.get_state())
-                        last_saved = step
                     if stopped_by:
                         break
                 if pending is not None:
