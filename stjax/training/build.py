@@ -27,6 +27,7 @@ from stjax.training.export import exporter, logged_metrics
 from stjax.training.objectives import build_objective
 from stjax.training.optimizer import make_optimizer, make_schedule
 from stjax.training.program import build_program
+from stjax.training.run_lock import RunLock
 from stjax.training.reference_cache import CachedBatches, cached_reference, precompute_reference
 from stjax.training.step import split_model
 from stjax.training.trainer import LoopSettings, Trainer
@@ -46,6 +47,16 @@ def objective_for(config: TrainConfig, vocab_size: int, tokenizer, header_len: i
 
 
 def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
+    """The trainer of a config, holding the run directory's lock (released when its run ends)."""
+    lock = RunLock(config.train.run_dir).acquire()
+    try:
+        return _build(config, tokenizer, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build(config: TrainConfig, tokenizer, lock: RunLock) -> Trainer:
     run_dir = Path(config.train.run_dir)
     mesh, rules = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor), mesh_rules(config.mesh)
     tokenizer = tokenizer or load_tokenizer(config.model.tokenizer_path(), config.model.chat_template)
@@ -101,4 +112,4 @@ def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
                             wandb=config.logging.wandb, eval_every=config.train.eval_every)
     return Trainer(program, state, batches, checkpointer, run_dir, schedule, settings,
                    export=exporter(config, tokenizer, metrics=lambda: (logged_metrics(run_dir) or [None])[-1]),
-                   on_start=write_config, evaluate=evaluate)
+                   on_start=write_config, evaluate=evaluate, on_end=lock.release)

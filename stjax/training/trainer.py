@@ -72,6 +72,7 @@ class Trainer:
     export: Callable[[nnx.Module], Path | None] | None = None  # trained model -> export directory
     on_start: Callable[[], None] | None = None  # e.g. write the resolved config
     evaluate: Callable[[TrainState], dict[str, float]] | None = None  # validation metrics of a state
+    on_end: Callable[[], None] | None = None  # after the run, however it ends (e.g. release the run lock)
 
     def maybe_resume(self) -> int:
         latest = self.checkpointer.latest_step()
@@ -85,6 +86,13 @@ class Trainer:
         return nnx.merge(self.program.graphdef, self.state.params, self.program.frozen.rest)
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            if self.on_end is not None:
+                self.on_end()
+
+    def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
 
         if self.on_start is not None:
