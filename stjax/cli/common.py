@@ -16,8 +16,8 @@ DEBUG_FLAG, DEBUG_ENV = "--debug", "STJAX_DEBUG"
 
 def run_cli(program: str, main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     """main(argv) -> exit code; a UserError (bad config, data, checkpoint, mesh) or a missing
-    file is printed as `program: error: ...` and exits 2, without a traceback (--debug or
-    STJAX_DEBUG=1 keeps it). --quiet / --verbose, anywhere in argv, set stjax's log level."""
+    file, or an I/O failure (permissions, a full disk) is printed as `program: error: ...` and
+    exits 2, without a traceback (--debug or STJAX_DEBUG=1 keeps it). --quiet / --verbose, anywhere in argv, set stjax's log level."""
     import os
 
     from stjax.logs import set_verbosity
@@ -33,6 +33,13 @@ def run_cli(program: str, main: Callable[[list[str]], int], argv: list[str] | No
         if debug:
             raise
         print(f"{program}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # permissions, a full disk, a directory where a file belongs: the path and why
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        code = f" (errno {e.errno})" if e.errno is not None else ""
+        print(f"{program}: error: {where}{e.strerror or e}{code}", file=sys.stderr)
         return 2
 
 

@@ -44,9 +44,17 @@ def read_records(path: str | Path) -> list[tuple[object, str, str]]:
     skipped), .csv (a header row), .parquet (a row a record) or .json (a list) file; malformed
     JSON is a DataError naming the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a directory, not a data file (expected .json, .jsonl, .csv or .parquet; "
+                        "a Hugging Face dataset folder goes in `hf:`)")
     if path.suffix == ".parquet":
         return _parquet_records(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                        "save the file as UTF-8") from None
     if path.suffix == ".csv":  # quoted fields may span lines
         rows = csv.DictReader(io.StringIO(text))
         return [(row, f"{path.name}#{i}", f"{path}: row {i + 1}") for i, row in enumerate(rows)]

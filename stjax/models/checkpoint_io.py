@@ -82,9 +82,12 @@ class SafetensorsReader:
         index = self.directory / INDEX_FILE
         single = self.directory / SINGLE_FILE
         if index.is_file():
-            self.files = json.loads(index.read_text())["weight_map"]
+            try:
+                self.files = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise CheckpointError(f"{index}: expected a JSON object with a 'weight_map'") from None
         elif single.is_file():
-            with safe_open(single, framework="numpy") as f:
+            with _opened(single) as f:
                 self.files = {name: SINGLE_FILE for name in f.keys()}
         else:
             raise CheckpointError(f"{self.directory}: no {SINGLE_FILE} or {INDEX_FILE} found")
@@ -98,8 +101,23 @@ class SafetensorsReader:
             raise CheckpointError(f"{self.directory}: tensor '{name}' is missing")
         file = self.files[name]
         if file not in self._open:
-            self._open[file] = safe_open(self.directory / file, framework="numpy")
-        return self._open[file].get_tensor(name)
+            self._open[file] = _opened(self.directory / file)
+        try:
+            return self._open[file].get_tensor(name)
+        except Exception as e:  # a file cut short after its header
+            raise CheckpointError(f"{self.directory / file}: tensor '{name}' cannot be read "
+                                  f"({str(e).splitlines()[0][:120]}); the file is truncated or corrupt") from None
+
+
+def _opened(file: Path):
+    """safe_open, with a truncated, corrupt or missing file as one line."""
+    if not file.is_file():
+        raise CheckpointError(f"{file}: not found (named by the checkpoint's index)")
+    try:
+        return safe_open(file, framework="numpy")
+    except Exception as e:  # SafetensorError, OSError
+        raise CheckpointError(f"{file}: not a readable safetensors file ({str(e).splitlines()[0][:120]}); "
+                              "the file is truncated or corrupt") from None
 
 
 def place(array: np.ndarray, sharding, dtype) -> jax.Array:

@@ -73,7 +73,11 @@ def load_tokenizer(path: str, chat_template: str | None = None):
     path = local_dir(path)
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such folder (expected a model or tokenizer folder, or a Hub id org/name)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:  # unreadable files, a tokenizer that needs remote code
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"{path}: the tokenizer cannot be loaded ({reason})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if chat_template:

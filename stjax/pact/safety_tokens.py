@@ -252,12 +252,33 @@ def load_safety_tokens(path: str | Path, *, vocab_size: int, tokenizer=None) -> 
     for file in (meta_file, tensor_file):
         if not file.is_file():
             raise SafetyTokenError(f"{file}: not found (expected the output of stjax safety-tokens)")
-    metadata = json.loads(meta_file.read_text())
+    try:
+        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SafetyTokenError(f"{meta_file}: not valid JSON ({e}); recompute it with stjax safety-tokens") from None
+    if not isinstance(metadata, dict):
+        raise SafetyTokenError(f"{meta_file}: expected a JSON object, got {type(metadata).__name__}")
     if metadata.get("vocab_size") != vocab_size:
         raise SafetyTokenError(f"{path}: computed for a vocabulary of {metadata.get('vocab_size')} tokens, "
                                f"but the model has {vocab_size}")
     if tokenizer is not None and metadata.get("tokenizer_fingerprint") != tokenizer_fingerprint(tokenizer):
         raise SafetyTokenError(f"{path}: tokenizer fingerprint {metadata.get('tokenizer_fingerprint')} does not "
                                f"match the training tokenizer's {tokenizer_fingerprint(tokenizer)}")
-    tensors = load_file(str(tensor_file))
-    return tensors["ids"].astype(np.int32), tensors["weights"].astype(np.float32)
+    try:
+        tensors = load_file(str(tensor_file))
+    except Exception as e:  # safetensors raises its own errors on a truncated or foreign file
+        raise SafetyTokenError(f"{tensor_file}: not a readable safetensors file ({str(e).splitlines()[0][:120]}); "
+                               "recompute it with stjax safety-tokens") from None
+    missing = [k for k in ("ids", "weights") if k not in tensors]
+    if missing:
+        raise SafetyTokenError(f"{tensor_file}: no tensor '{missing[0]}' (has {sorted(tensors)})")
+    ids, weights = tensors["ids"], tensors["weights"]
+    if ids.ndim != 1 or weights.shape != ids.shape:
+        raise SafetyTokenError(f"{tensor_file}: expected 'ids' [K] and 'weights' [K], got {list(ids.shape)} and "
+                               f"{list(weights.shape)}")
+    if ids.size == 0 or ids.min() < 0 or ids.max() >= vocab_size:
+        raise SafetyTokenError(f"{tensor_file}: tensor 'ids' must hold token ids in 0..{vocab_size - 1}, got "
+                               f"{'none' if ids.size == 0 else f'{ids.min()}..{ids.max()}'}")
+    if not np.all(np.isfinite(weights)):
+        raise SafetyTokenError(f"{tensor_file}: tensor 'weights' holds non-finite values")
+    return ids.astype(np.int32), weights.astype(np.float32)

@@ -17,7 +17,9 @@ from flax import nnx
 
 from stjax.data.pipeline import build_eval_data, build_training_data
 from stjax.lora import LoraParam, apply_lora
+from stjax.errors import UserError
 from stjax.models import make_mesh
+from stjax.models.config import ModelConfig
 from stjax.models.sections import load_model, load_tokenizer, mesh_rules
 from stjax.objective import Objective
 from stjax.pact.safety_tokens import load_safety_tokens
@@ -46,6 +48,17 @@ def objective_for(config: TrainConfig, vocab_size: int, tokenizer, header_len: i
     return build_objective(loss, safety_ids=ids, safety_weights=weights, header_len=header_len)
 
 
+def check_vocabulary(config: TrainConfig, data) -> None:
+    """Token ids beyond the model's embedding table would read garbage (NaN at step 1): one
+    line naming both instead, from config.json alone."""
+    vocab = ModelConfig.from_pretrained(config.model.local_path()).vocab_size
+    highest = max(int(e.tokens.max()) for e in data.examples)
+    if highest >= vocab:
+        raise UserError(f"{config.model.tokenizer or config.model.path}: the tokenizer produced token id {highest}, "
+                        f"but the model {config.model.path} has vocab_size {vocab}: the tokenizer does not belong "
+                        "to this model (model.tokenizer)")
+
+
 def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
     """The trainer of a config, holding the run directory's lock (released when its run ends)."""
     lock = RunLock(config.train.run_dir).acquire()
@@ -67,6 +80,7 @@ def _build(config: TrainConfig, tokenizer, lock: RunLock) -> Trainer:
     if config.train.max_steps is not None:
         total_steps = min(total_steps, config.train.max_steps)
 
+    check_vocabulary(config, data)  # before any weight is read
     model = load_model(config.model, mesh, rules=rules)
     objective = objective_for(config, model.config.vocab_size, tokenizer, len(data.header_ids))
     lora = config.lora

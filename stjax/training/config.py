@@ -80,8 +80,22 @@ class TrainConfig:
         return self.checkpoint.dir or str(Path(self.train.run_dir) / "checkpoints")
 
 
+POSITIVE = {"train.batch_size": lambda c: c.train.batch_size, "train.epochs": lambda c: c.train.epochs,
+            "train.grad_accum": lambda c: c.train.grad_accum, "train.log_every": lambda c: c.train.log_every,
+            "train.max_steps": lambda c: c.train.max_steps, "checkpoint.every_steps": lambda c: c.checkpoint.every_steps,
+            "checkpoint.keep": lambda c: c.checkpoint.keep, "data.max_len": lambda c: c.data.max_len,
+            "loss.chunk_tokens": lambda c: c.loss.chunk_tokens}
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Cross-field checks the types cannot express."""
+    for key, value in POSITIVE.items():
+        if value(config) is not None and value(config) < 1:
+            raise ConfigKeyError(f"'{key}': expected a positive number, got {value(config)}")
+    if not 0.0 <= config.data.safety_ratio < 1.0:
+        raise ConfigKeyError(f"'data.safety_ratio': expected a value in [0, 1), got {config.data.safety_ratio}")
+    if config.optimizer.lr < 0:
+        raise ConfigKeyError(f"'optimizer.lr': expected a non-negative learning rate, got {config.optimizer.lr}")
     sources = {f"data.train[{i}]": source for i, source in enumerate(config.data.train)}
     sources.update({f"data.{k}": getattr(config.data, k) for k in ("harmful", "safety") if getattr(config.data, k)})
     sources.update({f"data.eval[{i}]": source for i, source in enumerate(config.data.eval)})
