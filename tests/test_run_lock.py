@@ -15,7 +15,7 @@ from stjax.training.build import build_trainer
 from stjax.training.run_lock import LOCK_FILE, RunDirectoryBusy, RunLock
 from trainer_fixtures import make_config
 
-HOLD = "import sys, time; from stjax.training.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+HOLD = "import sys, time; from stjax.training.run_lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
 
 
 def test_a_second_trainer_on_a_held_run_directory_stops_with_one_line(tmp_path, capsys):

@@ -60,8 +60,9 @@ def check_vocabulary(config: TrainConfig, data) -> None:
 
 
 def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
-    """The trainer of a config, holding the run directory's lock (released when its run ends)."""
-    lock = RunLock(config.train.run_dir).acquire()
+    """The trainer of a config, holding the run directory's lock (released when its run ends).
+    Everything that can be checked is checked before the lock, so bad input writes nothing."""
+    lock = RunLock(config.train.run_dir)
     try:
         return _build(config, tokenizer, lock)
     except BaseException:
@@ -92,6 +93,7 @@ def _build(config: TrainConfig, tokenizer, lock: RunLock) -> Trainer:
     tx = make_optimizer(config.optimizer, schedule)
     program = build_program(graphdef, params, rest, objective, tx, mesh, lora=lora.enabled, ref=config.loss.ref,
                             grad_accum=config.train.grad_accum, seed=config.train.seed, rules=rules)
+    lock.acquire()  # before the first write into the run directory (checkpoints/, reference_cache/)
     checkpointer = Checkpointer(config.checkpoint_dir, keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save)
     latest = checkpointer.latest_step() if config.train.resume == "auto" else None
