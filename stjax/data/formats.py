@@ -13,9 +13,9 @@ Accepted, in this order of precedence:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from stjax.data.records import Conversation, Message
+from stjax.data.records import Conversation, DataError, Message
 
 EXPECTED = ("expected an object with 'messages', 'conversations' (ShareGPT), 'prompt' and 'completion', "
             "'instruction' and 'output', 'prompt' and 'response', or 'input' and 'output'")
@@ -34,6 +34,23 @@ def rename_columns(record: object, columns: Mapping[str, str] | None) -> object:
     renamed = {k: v for k, v in record.items() if k not in columns}
     renamed.update({new: record[old] for old, new in columns.items()})
     return renamed
+
+
+def records_to_conversations(records: Iterable[tuple[object, str, str]], *, columns: Mapping[str, str] | None = None,
+                             without_input: bool = False) -> list[Conversation]:
+    """(record, origin, where-for-errors) triples -> conversations, keys renamed by `columns`
+    first; `without_input` keeps only {instruction, output} records without `input`. A bad
+    record is a DataError naming where it is."""
+    conversations = []
+    for record, origin, where in records:
+        try:
+            record = rename_columns(record, columns)
+            if without_input and not has_no_input(record):
+                continue
+            conversations.append(record_to_conversation(record, origin))
+        except ValueError as e:
+            raise DataError(f"{where}: {e}") from None
+    return conversations
 
 
 def has_no_input(record: object) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from stjax.data.formats import has_no_input, record_to_conversation, rename_columns
+from stjax.data.formats import records_to_conversations
 from stjax.data.records import Conversation, DataError
 from stjax.errors import MissingExtra
 
@@ -30,14 +30,5 @@ def hf_conversations(name: str, *, split: str = "train", subset: str | None = No
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise DataError(f"data source hf: {where}: cannot be loaded ({reason}); check the id, split and subset, "
                         "or download it first (HF_DATASETS_OFFLINE=1 reads only the cache)") from None
-    conversations = []
-    for index, row in enumerate(rows):
-        origin = f"{where}#{index}"
-        try:
-            record = rename_columns(row, columns)
-            if without_input and not has_no_input(record):
-                continue
-            conversations.append(record_to_conversation(record, origin))
-        except ValueError as e:
-            raise DataError(f"{origin}: {e}") from None
-    return conversations
+    triples = ((row, f"{where}#{i}", f"{where}#{i}") for i, row in enumerate(rows))
+    return records_to_conversations(triples, columns=columns, without_input=without_input)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from stjax.errors import MissingExtra
-from stjax.data.formats import has_no_input, record_to_conversation, rename_columns
+from stjax.data.formats import records_to_conversations
 from stjax.data.records import Conversation, DataError
 
 def read_conversations(path: str | Path, *, without_input: bool = False,
@@ -27,16 +27,7 @@ def read_conversations(path: str | Path, *, without_input: bool = False,
     PACT reference mixes (sst2_5k_p_0.1.json, ...) those are the harmful rows, which makes
     the harmful half of a mix reusable with another task (GSM8K).
     """
-    conversations = []
-    for record, origin, where in read_records(path):
-        try:
-            record = rename_columns(record, columns)
-            if without_input and not has_no_input(record):
-                continue
-            conversations.append(record_to_conversation(record, origin))
-        except ValueError as e:
-            raise DataError(f"{where}: {e}") from None
-    return conversations
+    return records_to_conversations(read_records(path), columns=columns, without_input=without_input)
 
 
 def read_records(path: str | Path) -> list[tuple[object, str, str]]:
