@@ -224,11 +224,11 @@ def _job_output(output: str, name: str) -> str:
     return next((p for p in parts if p.startswith(name + "\n")), "")
 
 
-def _check_finished(session, name):
+def _check_finished(session, name, code=0):
     codes = session["codes"]
     detail = "\n".join(f"--- process {p} (exit {session['returncodes'][p]}):\n{session['outputs'][p][-3000:]}"
                        for p in (0, 1))
-    assert all(c.get(name) == 0 for c in codes), f"job {name}: exit codes {[c.get(name) for c in codes]}\n{detail}"
+    assert all(c.get(name) == code for c in codes), f"job {name}: exit codes {[c.get(name) for c in codes]}\n{detail}"
 
 
 def check_config_mismatch_fails_clearly_on_every_process(session):
@@ -308,7 +308,7 @@ def check_checkpoint_is_complete_and_restores_on_one_process(session):
 
 
 def check_sigterm_on_one_process_stops_every_process_at_the_same_step(session):
-    _check_finished(session, "sigterm")
+    _check_finished(session, "sigterm", code=75)  # stopped with a checkpoint: exit 75
     steps = []
     for output in session["outputs"]:
         lines = [line for line in _job_output(output, "sigterm").splitlines() if "received" in line]

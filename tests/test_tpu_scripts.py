@@ -247,7 +247,7 @@ case "$*" in
   *mode=finish*) echo "stjax train: finished 3 steps; outputs in runs/x"; exit 0 ;;
   *mode=fail*) echo "stjax train: error: boom" >&2; exit 2 ;;
   *mode=wait*)
-    trap 'echo "stjax train: SIGTERM received: checkpoint saved at step 7; rerun the same command to resume"; exit 0' TERM
+    trap 'echo "stjax train: SIGTERM received: checkpoint saved at step 7; rerun the same command to resume"; exit 75' TERM
     touch started
     for _ in $(seq 200); do sleep 0.1; done
     exit 1 ;;
@@ -287,8 +287,8 @@ def test_stop_sends_sigterm_and_the_run_ends_stopped(tmp_path, worker):
     again = run(tmp_path, "launch", "--no-follow", "configs/tiny_sft.yaml", "mode=wait", env=env, check=False)
     assert again.returncode == 3 and "already running" in again.stderr
     run(tmp_path, "stop", "tiny_sft", env=env)
-    out = run(tmp_path, "logs", "tiny_sft", env=env, timeout=30)
-    assert out.stdout.splitlines()[-1] == "stjax-run: tiny_sft stopped (exit 0)"
+    out = run(tmp_path, "logs", "tiny_sft", env=env, timeout=30, check=False)
+    assert out.stdout.splitlines()[-1] == "stjax-run: tiny_sft stopped (exit 75)" and out.returncode == 75
 
 
 def test_remote_run_forwards_sigterm_and_records_the_exit_status(tmp_path):

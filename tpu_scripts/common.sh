@@ -207,8 +207,8 @@ follow_run() {
   remote+=" && while [ ! -f logs/$name.pid ]; do sleep 2; done"
   remote+=" && tail -n +1 -F --pid=\"\$(cat logs/$name.pid)\" logs/$name.*.log"
   remote+="; status=\$(cat logs/$name.exit 2>/dev/null || echo 255)"
-  remote+="; if [ \"\$status\" != 0 ]; then result=failed"
-  remote+="; elif tail -n 20 logs/$name.*.log | grep -q 'received: checkpoint saved'; then result=stopped"
+  remote+="; if [ \"\$status\" = 75 ]; then result=stopped"  # stjax train: SIGTERM, checkpoint saved
+  remote+="; elif [ \"\$status\" != 0 ]; then result=failed"
   remote+="; else result=finished; fi"
   remote+="; echo \"stjax-run: $name \$result (exit \$status)\"; exit \"\$status\""
   if [[ $DRY_RUN == 1 ]]; then

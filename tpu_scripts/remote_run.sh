@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on a TPU worker (launch.sh starts it detached): runs a command, forwards SIGTERM/SIGINT
-# to it (the trainer then saves a checkpoint and exits 0) and records its exit status.
+# to it (the trainer then saves a checkpoint and exits 75) and records its exit status.
 #
 #   remote_run.sh RUN_NAME COMMAND...
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stops a run on every worker the way a preemption would: SIGTERM, so the trainer saves a
-# checkpoint at the next step boundary and exits 0. Relaunching the same config resumes it.
+# checkpoint at the next step boundary and exits 75. Relaunching the same config resumes it.
 #
 #   tpu_scripts/stop.sh [--dry-run] [RUN_NAME]
 set -euo pipefail

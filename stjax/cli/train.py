@@ -1,4 +1,7 @@
-"""`stjax train --config configs/X.yaml [section.key=value ...]`: fine-tune from a config."""
+"""`stjax train --config configs/X.yaml [section.key=value ...]`: fine-tune from a config.
+
+Exit codes: 0 finished, 2 bad input (one line), 3 diverged, 75 stopped by SIGTERM/SIGINT
+with a checkpoint saved (rerun the same command to resume)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,10 @@ import argparse
 import sys
 
 from stjax.cli.common import add_distributed_flags, resolve_locations, start_distributed
+
+
+EXIT_DIVERGED = 3  # the loss became NaN/inf: the message names the last good checkpoint
+EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: checkpoint saved, rerun to resume (EX_TEMPFAIL: "try again")
 
 
 def main(argv: list[str]) -> int:
@@ -31,10 +38,10 @@ def main(argv: list[str]) -> int:
         result = build_trainer(config).run()
     except TrainingDiverged as e:
         print(f"stjax train: {e}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
     if result.stopped_by:
         print(f"stjax train: {result.stopped_by} received: checkpoint saved at step {result.final_step}; "
               f"rerun the same command to resume")
-    else:
-        print(f"stjax train: finished {result.final_step} steps; outputs in {config.train.run_dir}")
+        return EXIT_PREEMPTED
+    print(f"stjax train: finished {result.final_step} steps; outputs in {config.train.run_dir}")
     return 0
