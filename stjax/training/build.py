@@ -23,7 +23,7 @@ from stjax.models.config import ModelConfig
 from stjax.models.sections import load_model, load_tokenizer, mesh_rules
 from stjax.objective import Objective
 from stjax.pact.safety_tokens import load_safety_tokens
-from stjax.training.checkpointing import Checkpointer
+from stjax.training.checkpointing import Checkpointer, CheckpointMismatch, check_resumable
 from stjax.training.config import TrainConfig
 from stjax.training.export import exporter, logged_metrics
 from stjax.training.objectives import build_objective
@@ -97,6 +97,12 @@ def _build(config: TrainConfig, tokenizer, lock: RunLock) -> Trainer:
     checkpointer = Checkpointer(config.checkpoint_dir, keep=config.checkpoint.keep,
                                 async_save=config.checkpoint.async_save)
     latest = checkpointer.latest_step() if config.train.resume == "auto" else None
+    if latest is not None:  # before config.yaml is rewritten: the checkpoints must be this config's
+        try:
+            check_resumable(run_dir, dataclasses.asdict(config), latest)
+        except CheckpointMismatch:
+            checkpointer.close()
+            raise
     batches = data.batches
     if objective.needs_reference and not program.online:
         if latest is not None and latest >= total_steps:  # a finished run: no step will read it

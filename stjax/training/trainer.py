@@ -20,7 +20,8 @@ from flax import nnx
 
 from stjax.logs import get_logger
 from stjax.training.agreement import StopAgreement
-from stjax.training.checkpointing import Checkpointer
+from stjax.errors import UserError
+from stjax.training.checkpointing import Checkpointer, is_damage
 from stjax.training.metrics_log import MetricsLog, WandbSection
 from stjax.training.preemption import StopRequest
 from stjax.training.program import TrainProgram
@@ -75,12 +76,30 @@ class Trainer:
     on_end: Callable[[], None] | None = None  # after the run, however it ends (e.g. release the run lock)
 
     def maybe_resume(self) -> int:
-        latest = self.checkpointer.latest_step()
-        if not self.settings.resume or latest is None:
+        """Restores the newest intact checkpoint; a damaged one (a file missing or cut short) is
+        set aside as broken-<step> with a message, and the one before it is tried."""
+        if not self.settings.resume:
             return 0
-        self.state, data_state = self.checkpointer.restore(latest, self.state, self.program.state_shardings)
-        self.batches.set_state(data_state)
-        return latest
+        broken = []
+        while (latest := self.checkpointer.latest_step()) is not None:
+            try:
+                self.state, data_state = self.checkpointer.restore(latest, self.state, self.program.state_shardings)
+            except Exception as e:
+                reason = " ".join(str(e).split())[:200]
+                if not is_damage(e):
+                    raise UserError(f"{self.checkpointer.directory}: checkpoint {latest} does not fit this run "
+                                    f"({reason})") from None
+                self.checkpointer.set_aside(latest, to_step=latest, why="broken")
+                broken.append(latest)
+                logger.warning(f"checkpoint {latest} in {self.checkpointer.directory} is damaged ({reason[:120]}); "
+                               f"set aside as broken-{latest}, trying the one before it")
+                continue
+            self.batches.set_state(data_state)
+            return latest
+        if broken:
+            raise UserError(f"{self.checkpointer.directory}: no intact checkpoint left (set aside as broken: "
+                            f"{', '.join(f'broken-{s}' for s in broken)}); rerun to start from the initial weights")
+        return 0
 
     def trained_model(self) -> nnx.Module:
         return nnx.merge(self.program.graphdef, self.state.params, self.program.frozen.rest)
