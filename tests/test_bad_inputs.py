@@ -100,3 +100,57 @@ def test_yaml_floats_in_exponent_form(tmp_path):
     file = tmp_path / "c.yaml"
     file.write_text(TINY.read_text().replace("lr: 3.0e-3", "lr: 3e-3"))
     assert load_train_config(file, ["loss.lam=1e-1"]).optimizer.lr == 3e-3
+
+
+def test_report_on_a_corrupt_or_foreign_report_is_one_line(tmp_path, capsys):
+    from stjax.cli import report as report_cli
+
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "report.json").write_text('{"run": {')
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "report.json").write_text('{"accuracy": 0.9}')
+    for name, expected in [("corrupt", "report.json: not a readable report"),
+                           ("foreign", "not a report of stjax eval (no 'run', 'headline', 'benchmarks' object)")]:
+        assert run_cli("stjax report", report_cli.main, [str(tmp_path / name), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage,expected", [("json", "adapter_config.json: not valid JSON"),
+                                             ("weights", "adapter_model.safetensors: not a readable safetensors file"),
+                                             ("keys", "adapter_config.json: no 'r'")])
+def test_eval_with_a_corrupt_adapter_is_one_line(tmp_path, capsys, damage, expected):
+    from stjax.cli import eval as eval_cli
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    if damage == "keys":
+        del config["r"]
+    (adapter / "adapter_config.json").write_text("{broken" if damage == "json" else json.dumps(config))
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    args = ["--config", str(Path(__file__).parents[1] / "configs" / "eval_tiny.yaml"), f"adapter={adapter}",
+            f"output_dir={tmp_path / 'out'}", "safety_mass.tokens=null"]
+    assert run_cli("stjax eval", eval_cli.main, args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_a_full_disk_while_writing_metrics_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    real_open = Path.open
+
+    def full(self, *args, **kwargs):
+        if self.name == "metrics.jsonl":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full)
+    args = ["--config", str(TINY), f"train.run_dir={tmp_path / 'run'}", "logging.progress=false", "train.max_steps=2"]
+    assert run_cli("stjax train", train_cli.main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"stjax train: error: {tmp_path / 'run' / 'metrics.jsonl'}: No space left on device (errno 28)"]

@@ -10,8 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
+from stjax.errors import UserError
 
 TABLE_FILE, TRADE_OFF_PLOT, MASS_PLOT = "report.md", "harmful_vs_accuracy.png", "safety_mass.png"
+REPORT_KEYS = ("run", "headline", "benchmarks")  # what the table and the plots read
 
 
 def load_report(run_dir: str | Path) -> dict:
@@ -20,7 +22,14 @@ def load_report(run_dir: str | Path) -> dict:
     path = Path(run_dir) / REPORT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {REPORT_FILE} (expected an output directory of stjax eval)")
-    return json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable report ({e}); rerun stjax eval for it") from None
+    missing = [k for k in REPORT_KEYS if not isinstance(report, dict) or not isinstance(report.get(k), dict)]
+    if missing:
+        raise UserError(f"{path}: not a report of stjax eval (no {', '.join(repr(k) for k in missing)} object)")
+    return report
 
 
 def main(argv: list[str]) -> int:

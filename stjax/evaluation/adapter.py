@@ -27,7 +27,15 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     path = adapter_dir / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{adapter_dir}: no {CONFIG_FILE} (expected a PEFT LoRA adapter directory)")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise CheckpointError(f"{path}: no '{key}' (expected a PEFT LoRA adapter config)")
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{path}: peft_type {config['peft_type']!r} is not LORA")
     for flag in ("use_dora", "fan_in_fan_out"):
@@ -53,7 +61,10 @@ def load_peft_adapter(model: CausalLM, adapter_dir: str | Path) -> CausalLM:
     weights_path = adapter_dir / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"{adapter_dir}: no {WEIGHTS_FILE}")
-    tensors = load_file(str(weights_path))
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as e:  # safetensors' own errors on a truncated or foreign file
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
     apply_lora(model, rank=int(config["r"]), alpha=float(config["lora_alpha"]), dropout=0.0,
                targets=config["target_modules"], rslora=bool(config.get("use_rslora")))
     used = set()
