@@ -34,6 +34,12 @@ def broken(tmp_path_factory):
     shutil.copytree(model, truncated)
     weights = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    remote = root / "remote_code_model"  # a tokenizer whose class lives in the checkpoint's own code
+    shutil.copytree(model, remote)
+    tok_config = json.loads((remote / "tokenizer_config.json").read_text())
+    tok_config.update(tokenizer_class="MyTokenizer", auto_map={"AutoTokenizer": ["my_tokenizer.MyTokenizer", None]})
+    (remote / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    (remote / "my_tokenizer.py").write_text("raise SystemExit('remote code ran')\n")
     bad_json = root / "bad_json_model"
     shutil.copytree(model, bad_json)
     (bad_json / "config.json").write_text('{"vocab_size": 1024,')
@@ -70,6 +76,8 @@ CASES = [  # (overrides, expected text of the one line); {b} is the broken-files
     (["model.path={b}/does/not/exist"], "does/not/exist: no such folder"),
     (["model.path={b}/small_vocab_model"], "has vocab_size 100: the tokenizer does not belong to this model"),
     (["model.path={b}/truncated_model"], "model.safetensors: not a readable safetensors file"),
+    (["model.path={b}/remote_code_model"], "remote_code_model: the tokenizer needs the checkpoint's own Python code "
+                                           "(trust_remote_code), which stjax does not run"),
     (["model.path={b}/bad_json_model"], "bad_json_model: the tokenizer cannot be loaded (It looks like the config "
                                         "file at"),
     (["loss.kind=pact", "loss.safety_tokens={b}/safety_truncated"], "safety_tokens.safetensors: not a readable "
@@ -90,7 +98,7 @@ def test_bad_input_is_one_line_with_exit_2_and_nothing_written(broken, tmp_path,
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stjax train: error: ") and expected in err[0], captured.err
-    assert "Traceback" not in captured.err + captured.out
+    assert "Traceback" not in captured.err + captured.out and "Do you wish" not in captured.out
     assert not run_dir.exists()  # nothing written: no lock, config, metrics or checkpoints
 
 

@@ -73,9 +73,12 @@ def load_tokenizer(path: str, chat_template: str | None = None):
     path = local_dir(path)
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such folder (expected a model or tokenizer folder, or a Hub id org/name)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+    try:  # never the checkpoint's own code (and never a prompt asking whether to run it)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:  # unreadable files, a tokenizer that needs remote code
+        if "custom code" in str(e) or "trust_remote_code" in str(e):
+            raise UserError(f"{path}: the tokenizer needs the checkpoint's own Python code (trust_remote_code), "
+                            "which stjax does not run; use a tokenizer transformers ships") from None
         reason = " ".join(str(e).split())[:200]
         raise UserError(f"{path}: the tokenizer cannot be loaded ({reason})") from None
     if tokenizer.pad_token_id is None:
