@@ -1,8 +1,9 @@
-"""Directories that appear whole or not at all."""
+"""Directories that appear whole or not at all; JSON objects read with one-line errors."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -37,3 +38,16 @@ def _make_shareable(directory: Path) -> None:
     directory.chmod(0o755)
     for path in directory.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def read_json_object(path: str | Path, error: type[Exception] = ValueError, hint: str = "") -> dict:
+    """The JSON object in `path`; anything else (invalid JSON, not UTF-8, not an object) is
+    `error` with one line naming the file, and `hint` (what to do) after it."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e}){hint}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}{hint}")
+    return value

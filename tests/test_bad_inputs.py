@@ -117,7 +117,7 @@ def test_report_on_a_corrupt_or_foreign_report_is_one_line(tmp_path, capsys):
     (tmp_path / "corrupt" / "report.json").write_text('{"run": {')
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "report.json").write_text('{"accuracy": 0.9}')
-    for name, expected in [("corrupt", "report.json: not a readable report"),
+    for name, expected in [("corrupt", "report.json: not valid JSON"),
                            ("foreign", "not a report of stjax eval (no 'run', 'headline', 'benchmarks' object)")]:
         assert run_cli("stjax report", report_cli.main, [str(tmp_path / name), "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()

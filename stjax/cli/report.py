@@ -7,10 +7,10 @@ PNG plots: harmful score vs task accuracy, and the safety-token mass per respons
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from stjax.errors import UserError
+from stjax.fileio import read_json_object
 
 TABLE_FILE, TRADE_OFF_PLOT, MASS_PLOT = "report.md", "harmful_vs_accuracy.png", "safety_mass.png"
 REPORT_KEYS = ("run", "headline", "benchmarks")  # what the table and the plots read
@@ -22,11 +22,8 @@ def load_report(run_dir: str | Path) -> dict:
     path = Path(run_dir) / REPORT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {REPORT_FILE} (expected an output directory of stjax eval)")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable report ({e}); rerun stjax eval for it") from None
-    missing = [k for k in REPORT_KEYS if not isinstance(report, dict) or not isinstance(report.get(k), dict)]
+    report = read_json_object(path, UserError, "; rerun stjax eval for it")
+    missing = [k for k in REPORT_KEYS if not isinstance(report.get(k), dict)]
     if missing:
         raise UserError(f"{path}: not a report of stjax eval (no {', '.join(repr(k) for k in missing)} object)")
     return report

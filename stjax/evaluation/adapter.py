@@ -7,13 +7,13 @@ which use the same file layout.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
 import numpy as np
 from safetensors.numpy import load_file
 
+from stjax.fileio import read_json_object
 from stjax.lora import ALL_LINEAR, TARGETS, adapted_projections, apply_lora
 from stjax.models.checkpoint_io import CheckpointError, hf_name
 from stjax.models.transformer import CausalLM
@@ -27,12 +27,7 @@ def read_adapter_config(adapter_dir: Path) -> dict:
     path = adapter_dir / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{adapter_dir}: no {CONFIG_FILE} (expected a PEFT LoRA adapter directory)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    config = read_json_object(path, CheckpointError)
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
             raise CheckpointError(f"{path}: no '{key}' (expected a PEFT LoRA adapter config)")

@@ -26,7 +26,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from stjax.errors import UserError
-from stjax.fileio import atomic_directory
+from stjax.fileio import atomic_directory, read_json_object
 from stjax.data.batching import bucket, pack_teacher_forced
 from stjax.data.template import render_ids
 from stjax.models.transformer import CausalLM
@@ -252,12 +252,7 @@ def load_safety_tokens(path: str | Path, *, vocab_size: int, tokenizer=None) -> 
     for file in (meta_file, tensor_file):
         if not file.is_file():
             raise SafetyTokenError(f"{file}: not found (expected the output of stjax safety-tokens)")
-    try:
-        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SafetyTokenError(f"{meta_file}: not valid JSON ({e}); recompute it with stjax safety-tokens") from None
-    if not isinstance(metadata, dict):
-        raise SafetyTokenError(f"{meta_file}: expected a JSON object, got {type(metadata).__name__}")
+    metadata = read_json_object(meta_file, SafetyTokenError, "; recompute it with stjax safety-tokens")
     if metadata.get("vocab_size") != vocab_size:
         raise SafetyTokenError(f"{path}: computed for a vocabulary of {metadata.get('vocab_size')} tokens, "
                                f"but the model has {vocab_size}")
