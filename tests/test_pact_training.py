@@ -137,7 +137,8 @@ def test_cached_reference_is_saved_reused_on_relaunch_and_recomputed_on_change(t
     split, straight = read_metrics(tmp_path / "split"), read_metrics(tmp_path / "straight")
     assert [m["step"] for m in split] == list(range(1, 7))
     np.testing.assert_allclose([m["loss"] for m in split], [m["loss"] for m in straight], rtol=1e-6)
-    build_trainer(make_config(tmp_path / "split", loss=loss, data={"max_len": 48}, train={"max_steps": 7}))
+    # another max_len cannot resume these checkpoints (resume: never), but the cache key says why it recomputes
+    build_trainer(make_config(tmp_path / "split", loss=loss, data={"max_len": 48}, train={"max_steps": 7, "resume": "never"}))
     out = capsys.readouterr().out
     assert "reference cache: computing over" in out and "max_len changed ('64' -> '48')" in out
     build_trainer(make_config(tmp_path / "split", loss=loss))  # finished at step 6: nothing to compute
