@@ -48,15 +48,27 @@ def objective_for(config: TrainConfig, vocab_size: int, tokenizer, header_len: i
     return build_objective(loss, safety_ids=ids, safety_weights=weights, header_len=header_len)
 
 
-def check_vocabulary(config: TrainConfig, data) -> None:
+def trainable_parts(config: TrainConfig, mesh, rules) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """The model a config trains, its adapters attached, split into (graph, trained
+    variables, frozen rest): the trainer's, and `stjax export`'s restore target."""
+    model = load_model(config.model, mesh, rules=rules)
+    lora = config.lora
+    if lora.enabled:
+        apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets,
+                   seed=config.train.seed, rslora=lora.rslora)
+    return split_model(model, LoraParam if lora.enabled else nnx.Param)
+
+
+def check_vocabulary(config: TrainConfig, data) -> int:
     """Token ids beyond the model's embedding table would read garbage (NaN at step 1): one
-    line naming both instead, from config.json alone."""
+    line naming both instead, from config.json alone. Returns the vocabulary size."""
     vocab = ModelConfig.from_pretrained(config.model.local_path()).vocab_size
     highest = max(int(e.tokens.max()) for e in data.examples)
     if highest >= vocab:
         raise UserError(f"{config.model.tokenizer or config.model.path}: the tokenizer produced token id {highest}, "
                         f"but the model {config.model.path} has vocab_size {vocab}: the tokenizer does not belong "
                         "to this model (model.tokenizer)")
+    return vocab
 
 
 def build_trainer(config: TrainConfig, *, tokenizer=None) -> Trainer:
@@ -81,17 +93,12 @@ def _build(config: TrainConfig, tokenizer, lock: RunLock) -> Trainer:
     if config.train.max_steps is not None:
         total_steps = min(total_steps, config.train.max_steps)
 
-    check_vocabulary(config, data)  # before any weight is read
-    model = load_model(config.model, mesh, rules=rules)
-    objective = objective_for(config, model.config.vocab_size, tokenizer, len(data.header_ids))
-    lora = config.lora
-    if lora.enabled:
-        apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets,
-                   seed=config.train.seed, rslora=lora.rslora)
-    graphdef, params, rest = split_model(model, LoraParam if lora.enabled else nnx.Param)
+    vocab_size = check_vocabulary(config, data)  # before any weight is read
+    objective = objective_for(config, vocab_size, tokenizer, len(data.header_ids))
+    graphdef, params, rest = trainable_parts(config, mesh, rules)
     schedule = make_schedule(config.optimizer, total_steps, steps_per_epoch)
     tx = make_optimizer(config.optimizer, schedule)
-    program = build_program(graphdef, params, rest, objective, tx, mesh, lora=lora.enabled, ref=config.loss.ref,
+    program = build_program(graphdef, params, rest, objective, tx, mesh, lora=config.lora.enabled, ref=config.loss.ref,
                             grad_accum=config.train.grad_accum, seed=config.train.seed, rules=rules)
     lock.acquire()  # before the first write into the run directory (checkpoints/, reference_cache/)
     checkpointer = Checkpointer(config.checkpoint_dir, keep=config.checkpoint.keep,
@@ -104,13 +111,14 @@ def _build(config: TrainConfig, tokenizer, lock: RunLock) -> Trainer:
             checkpointer.close()
             raise
     batches = data.batches
+    finished = latest is not None and latest >= total_steps  # no step will run: no reference, no evaluation
     if objective.needs_reference and not program.online:
-        if latest is not None and latest >= total_steps:  # a finished run: no step will read it
+        if finished:
             log.info(f"reference cache: not needed (the run finished at step {latest})")
         else:
             batches = CachedBatches(batches, cached_reference(config, objective, program, params, data.examples))
     evaluate = None
-    eval_data = build_eval_data(config, tokenizer)
+    eval_data = None if finished else build_eval_data(config, tokenizer)
     if eval_data is not None:
         log.info(f"eval data: {eval_data.stats}")
         eval_cache = None

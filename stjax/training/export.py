@@ -117,15 +117,14 @@ def export_checkpoint(run_dir: str | Path, *, step: int | None = None, out_dir: 
     """Exports checkpoint `step` (default: the newest) of a run, as the run would have at its end,
     into `out_dir` (default: RUN_DIR/export-step-N)."""
     from stjax.errors import UserError
-    from stjax.lora import LoraParam, apply_lora
     from stjax.models import make_mesh
-    from stjax.models.sections import load_model, load_tokenizer, mesh_rules
+    from stjax.models.sections import load_tokenizer, mesh_rules
+    from stjax.training.build import trainable_parts  # build imports this module: imported here
     from stjax.training.checkpointing import Checkpointer
     from stjax.training.config import load_train_config
     from stjax.training.objectives import sft
     from stjax.training.optimizer import make_optimizer, make_schedule
     from stjax.training.program import build_program
-    from stjax.training.step import split_model
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -142,14 +141,10 @@ def export_checkpoint(run_dir: str | Path, *, step: int | None = None, out_dir: 
     step = steps[-1] if step is None else step
     mesh, rules = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor), mesh_rules(config.mesh)
     tokenizer = load_tokenizer(config.model.tokenizer_path(), config.model.chat_template)
-    model = load_model(config.model, mesh, rules=rules)
-    lora = config.lora
-    if lora.enabled:
-        apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets,
-                   seed=config.train.seed, rslora=lora.rslora)
-    graphdef, params, rest = split_model(model, LoraParam if lora.enabled else nnx.Param)
+    graphdef, params, rest = trainable_parts(config, mesh, rules)
+    # the optimizer only gives the restore target its state's structure: any schedule will do
     tx = make_optimizer(config.optimizer, make_schedule(config.optimizer, max(step, 1) * 2, max(step, 1)))
-    program = build_program(graphdef, params, rest, sft(), tx, mesh, lora=lora.enabled, rules=rules)
+    program = build_program(graphdef, params, rest, sft(), tx, mesh, lora=config.lora.enabled, rules=rules)
     state, _ = checkpointer.restore(step, program.init_state(params), program.state_shardings)
     checkpointer.close()
     trained = nnx.merge(graphdef, state.params, rest)
