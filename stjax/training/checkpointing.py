@@ -93,13 +93,13 @@ class Checkpointer:
     def set_aside(self, from_step: int, *, to_step: int | None = None, why: str = "diverged") -> list[int]:
         """Takes the checkpoints from `from_step` (to `to_step`) out of resumption: renamed to
         `<why>-<step>` (`.1`, `.2` for repeats; kept for inspection) on local disks, deleted
-        elsewhere. Returns their steps."""
+        elsewhere. Returns their steps (every process calls it)."""
         self.manager.wait_until_finished()
         steps = [s for s in self.manager.all_steps() if s >= from_step and (to_step is None or s <= to_step)]
         for step in steps:
             if "://" in self.directory:
                 self.manager.delete(step)
-            else:
+            elif jax.process_index() == 0:  # one process renames a directory they all may share
                 target, n = os.path.join(self.directory, f"{why}-{step}"), 1
                 while os.path.exists(target):  # set aside there before: keep both
                     target, n = os.path.join(self.directory, f"{why}-{step}.{n}"), n + 1

@@ -18,9 +18,9 @@ import jax
 import optax
 from flax import nnx
 
+from stjax.errors import UserError
 from stjax.logs import get_logger
 from stjax.training.agreement import StopAgreement
-from stjax.errors import UserError
 from stjax.training.checkpointing import Checkpointer, is_damage
 from stjax.training.metrics_log import MetricsLog, WandbSection
 from stjax.training.preemption import StopRequest
