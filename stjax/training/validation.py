@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from stjax.data.pipeline import TrainingData
 from stjax.training.program import TrainProgram
@@ -25,11 +26,11 @@ def make_evaluator(program: TrainProgram, data: TrainingData, cache: dict | None
     per_pass = data.batches.batches_per_epoch  # the iterator is unshuffled: every pass sees the same batches
 
     def evaluate(state: TrainState) -> dict[str, float]:
-        totals: dict[str, float] = {}
+        total = None  # summed on the device: one transfer per evaluation, not one per batch
         for _ in range(per_pass):
-            sums = jax.device_get(program.eval_step(state.params, program.frozen, program.device_batch(next(batches))))
-            for key, value in sums.items():
-                totals[key] = totals.get(key, 0.0) + float(value)
+            sums = program.eval_step(state.params, program.frozen, program.device_batch(next(batches)))
+            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        totals = {k: float(v) for k, v in jax.device_get(total).items()}
         tokens = max(totals.pop("tokens"), 1.0)
         return {**{f"eval_{k}": v / tokens for k, v in totals.items()}, "eval_tokens": tokens}
 
