@@ -238,7 +238,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4, help="LoRA fine-tuning learning rate")
     parser.add_argument("--settings", nargs="+", default=["sft", "pact"], choices=SETTINGS, metavar="SETTING",
-                        help=f"fine-tuning settings to run, among: {', '.join(repr(s) for s in SETTINGS)}")
+                        help="fine-tuning settings to run, among: " + ", ".join(repr(s) for s in SETTINGS).replace("%", "%%"))
     parser.add_argument("--reference-only", action="store_true",
                         help="build and evaluate the aligned reference, then stop")
     args = parser.parse_args()
