@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
 
@@ -43,3 +44,36 @@ def get_logger(name: str) -> logging.Logger:
 def set_verbosity(level: str) -> None:
     """quiet (warnings and errors only), normal (progress messages) or verbose (debug too)."""
     _root.setLevel(LEVELS[level])
+
+
+class _NoThreadTracebacks(logging.Filter):
+    """Drops the tracebacks orbax logs (through absl) when one of its background threads
+    fails: the same error reaches the caller, which reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.levelno < logging.ERROR or record.exc_info[2] is None:
+            return True
+        return not any("orbax" in frame.filename for frame in traceback.extract_tb(record.exc_info[2]))
+
+
+_thread_filter = _NoThreadTracebacks()
+
+
+def _late_callback(unraisable) -> None:
+    """After a failed checkpoint write, tensorstore's pending writes finish into orbax's
+    already closed event loop ("Event loop is closed", nothing lost): silent; anything else
+    goes to Python's own hook."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
+
+
+def hide_library_tracebacks(hide: bool = True) -> None:
+    """Hides (or shows again, for --debug) library tracebacks of errors that stjax reports itself."""
+    absl = logging.getLogger("absl")
+    if hide:
+        absl.addFilter(_thread_filter)
+        sys.unraisablehook = _late_callback
+    else:
+        absl.removeFilter(_thread_filter)
+        if sys.unraisablehook is _late_callback:
+            sys.unraisablehook = sys.__unraisablehook__

@@ -299,7 +299,8 @@ def check_checkpoint_is_complete_and_restores_on_one_process(session):
         assert (directory / step / "commit_success.txt").is_file() and (state / "_METADATA").is_file()
         assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()
     _, reference, config = session["references"]["sft"]
-    restored = build_trainer(make_config(config.train.run_dir + "-restored", checkpoint={"dir": str(directory)}))
+    restored = build_trainer(make_config(config.train.run_dir + "-restored", checkpoint={"dir": str(directory)},
+                                         data={"buckets": [64]}))  # the checkpoint's recorded config
     assert restored.maybe_resume() == STEPS and restored.batches.get_state() == {"epoch": 0, "index": STEPS}
     import jax
 

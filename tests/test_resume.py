@@ -59,3 +59,16 @@ def test_resuming_with_another_lora_rank_stops_before_touching_the_run(tmp_path)
     assert (tmp_path / "config.yaml").read_text() == before and yaml.safe_load(before)["lora"]["rank"] == 4
     build_trainer(make_config(tmp_path, train={"max_steps": 4}, checkpoint=CKPT)).run()  # what may change: max_steps
     assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_each_checkpoint_records_its_config_and_a_changed_one_is_refused_without_config_yaml(tmp_path):
+    from stjax.training.checkpointing import Checkpointer
+
+    build_trainer(make_config(tmp_path, train={"max_steps": 2}, checkpoint=CKPT)).run()
+    recorded = Checkpointer(str(tmp_path / "checkpoints")).recorded_config(2)
+    assert recorded["lora"]["rank"] == 4 and recorded["train"] == {"seed": 0, "batch_size": 8, "grad_accum": 1}
+    assert set(recorded) == {"model", "lora", "optimizer", "train", "data"}  # the state-shaping parts only
+    (tmp_path / "config.yaml").unlink()  # the checkpoint alone says what trained it
+    with pytest.raises(CheckpointMismatch, match="lora.rank: 4 -> 8"):
+        build_trainer(make_config(tmp_path, train={"max_steps": 4}, lora={"rank": 8}))
+    assert not (tmp_path / "config.yaml").exists()

@@ -20,12 +20,13 @@ def run_cli(program: str, main: Callable[[list[str]], int], argv: list[str] | No
     exits 2, without a traceback (--debug or STJAX_DEBUG=1 keeps it). --quiet / --verbose, anywhere in argv, set stjax's log level."""
     import os
 
-    from stjax.logs import set_verbosity
+    from stjax.logs import hide_library_tracebacks, set_verbosity
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     levels = [GLOBAL_FLAGS[a] for a in argv if a in GLOBAL_FLAGS]
     set_verbosity(levels[-1] if levels else "normal")
+    hide_library_tracebacks(not debug)
     argv = [a for a in argv if a not in GLOBAL_FLAGS and a != DEBUG_FLAG]
     try:
         return main(argv)

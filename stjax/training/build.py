@@ -102,11 +102,11 @@ def _build(config: TrainConfig, tokenizer, lock: RunLock) -> Trainer:
                             grad_accum=config.train.grad_accum, seed=config.train.seed, rules=rules)
     lock.acquire()  # before the first write into the run directory (checkpoints/, reference_cache/)
     checkpointer = Checkpointer(config.checkpoint_dir, keep=config.checkpoint.keep,
-                                async_save=config.checkpoint.async_save)
+                                async_save=config.checkpoint.async_save, config=dataclasses.asdict(config), owner=True)
     latest = checkpointer.latest_step() if config.train.resume == "auto" else None
     if latest is not None:  # before config.yaml is rewritten: the checkpoints must be this config's
         try:
-            check_resumable(run_dir, dataclasses.asdict(config), latest)
+            check_resumable(run_dir, dataclasses.asdict(config), latest, checkpointer.recorded_config(latest))
         except CheckpointMismatch:
             checkpointer.close()
             raise

@@ -7,10 +7,14 @@ crash or SIGTERM mid-save never corrupts the last good checkpoint; paths may be 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 from pathlib import Path
 
 import jax
+from etils import epath
 import orbax.checkpoint as ocp
 import yaml
 
@@ -31,6 +35,32 @@ class CheckpointMismatch(UserError):
     """Resuming with a config whose state-shaping parts differ from the run's."""
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (no space left, no permission, a read-only disk)."""
+
+
+def state_config(config: dict) -> dict:
+    """The state-shaping parts of a config (STATE_PARTS) as JSON values: the fingerprint each
+    checkpoint records."""
+    parts = {section: {key: value for key, value in (config.get(section) or {}).items() if keys is None or key in keys}
+             for section, keys in STATE_PARTS.items()}
+    return json.loads(json.dumps(parts, default=str))
+
+
+def write_failure(error: BaseException) -> str | None:
+    """Why a write failed, in one line, when it is the disk's fault (out of space,
+    permissions, read-only): an OSError, or a tensorstore error carrying an OS error code or
+    a storage status; None for anything else (a bug keeps its traceback)."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return f"{error.strerror or error} (errno {error.errno})"
+    text = " ".join(str(error).split())
+    if code := re.search(r"\[os_error_code='(\d+)'\]", text):
+        return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    if status := re.match(r"(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAUTHENTICATED): (.{0,160})", text):
+        return f"{status.group(1)}: {status.group(2)}"
+    return None
+
+
 def config_changes(old: dict, new: dict) -> list[str]:
     """`section.key: old -> new` for each state-shaping setting that differs."""
     changes = []
@@ -42,17 +72,19 @@ def config_changes(old: dict, new: dict) -> list[str]:
     return changes
 
 
-def check_resumable(run_dir: str | Path, config: dict, step: int) -> None:
-    """Before anything in the run directory is rewritten: the run's own config.yaml (what
-    trained its checkpoints) must agree with `config` on the state-shaping parts."""
+def check_resumable(run_dir: str | Path, config: dict, step: int, recorded: dict | None = None) -> None:
+    """Before anything in the run directory is rewritten: the config checkpoint `step`
+    recorded (else the run's own config.yaml, for checkpoints older than the record) must
+    agree with `config` on the state-shaping parts."""
     saved = Path(run_dir) / "config.yaml"
-    if not saved.is_file():
+    if recorded is None and saved.is_file():
+        try:
+            recorded = yaml.safe_load(saved.read_text())
+        except yaml.YAMLError:
+            pass  # unreadable: the restore itself checks shapes
+    if not isinstance(recorded, dict):
         return
-    try:
-        old = yaml.safe_load(saved.read_text())
-    except yaml.YAMLError:
-        return  # unreadable: the restore itself checks shapes
-    changes = config_changes(old if isinstance(old, dict) else {}, config)
+    changes = config_changes(state_config(recorded), state_config(config))
     if changes:
         raise CheckpointMismatch(f"{run_dir}: its checkpoints (step {step}) were trained with another config: "
                                  f"{'; '.join(changes)}; restore those settings, or use another train.run_dir")
@@ -64,21 +96,67 @@ def is_damage(error: Exception) -> bool:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
+    """Saves (train state, data position, the state-shaping config) per step. `config`: the
+    run's config as a dict, recorded in each checkpoint; `owner`: this run holds the run
+    directory (its lock), so half-written steps of an earlier crash are cleaned up."""
+
+    def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True, config: dict | None = None,
+                 owner: bool = False):
         # orbax wants absolute paths; URLs (gs://...) pass through
         self.directory = directory if "://" in directory else os.path.abspath(directory)
+        self.config = state_config(config) if config is not None else None
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+                max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                cleanup_tmp_directories=owner),
         )
+        self._writing: int | None = None  # the step whose (asynchronous) save may still fail
+        self._failed = False  # a write failure was reported
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def recorded_config(self, step: int) -> dict | None:
+        """The state-shaping config checkpoint `step` recorded (None before records were kept)."""
+        try:
+            if not (epath.Path(self.directory) / str(step) / "config").exists():
+                return None
+            return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        except Exception:  # a damaged checkpoint: resuming sets it aside and tries the one before
+            return None
+
     def save(self, step: int, state: TrainState, data_state: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+        items = {"state": ocp.args.StandardSave(state), "data": ocp.args.JsonSave(data_state)}
+        if self.config is not None:
+            items["config"] = ocp.args.JsonSave(self.config)
+        with self._writes(step):  # waits for the previous save first: its failure surfaces here
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._writing = step
+
+    @contextlib.contextmanager
+    def _writes(self, step: int):
+        """Turns a disk failure while writing checkpoint `step` (or the asynchronous save
+        still in flight) into one CheckpointWriteError naming the directory, the reason and
+        the last complete checkpoint."""
+        try:
+            yield
+        except Exception as e:
+            reason = write_failure(e)
+            if reason is None:
+                raise
+            named = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))  # the step directory it wrote into
+            failed = int(named.group(1)) if named else self._writing if self._writing is not None else step
+            self._writing = None
+            if self._failed:  # reported once: waiting or closing after it does not report it again
+                return
+            self._failed = True
+            self.manager.reload()
+            done = [s for s in self.manager.all_steps() if s < failed]
+            kept = (f"the last complete checkpoint is step {max(done)} (a rerun resumes there)" if done
+                    else "no earlier checkpoint exists")
+            raise CheckpointWriteError(f"{self.directory}: checkpoint {failed} could not be written: {reason}; "
+                                       f"{kept}") from None
 
     def restore(self, step: int, target: TrainState, shardings: TrainState) -> tuple[TrainState, dict]:
         """Restores into `shardings` (abstract targets rebuilt with concrete NamedShardings)."""
@@ -109,8 +187,10 @@ class Checkpointer:
         return sorted(steps)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._writes(self._writing or 0):
+            self.manager.wait_until_finished()
+        self._writing = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()

@@ -57,9 +57,13 @@ class RunLock:
         if previous:
             log.info(f"run directory lock: the previous trainer (pid {previous.get('pid')} on {previous.get('host')}) "
                      "ended without releasing it (a crash or a kill); taking it over")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "started": datetime.datetime.now().isoformat(timespec="seconds")}).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "started": datetime.datetime.now().isoformat(timespec="seconds")}).encode(), 0)
+        except OSError as e:  # a full disk: name the file it was writing
+            os.close(fd)
+            raise OSError(e.errno, f"{e.strerror} (writing the run lock)", str(self.path)) from None
         self._fd = fd
         return self
 

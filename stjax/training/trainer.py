@@ -95,6 +95,7 @@ class Trainer:
                                f"set aside as broken-{latest}, trying the one before it")
                 continue
             self.batches.set_state(data_state)
+            logger.info(f"resuming from checkpoint {latest} in {self.checkpointer.directory}")
             return latest
         if broken:
             raise UserError(f"{self.checkpointer.directory}: no intact checkpoint left (set aside as broken: "

@@ -1,0 +1,92 @@
+"""Disk faults while training: a full disk or a storage refusal while a checkpoint is written
+ends in one line naming the checkpoint directory, the reason and the last complete
+checkpoint (exit 2), and a rerun resumes from that checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import stjax.toy  # noqa: F401  registers toy://
+from stjax.cli import train as train_cli
+from stjax.cli.common import run_cli
+from stjax.training.checkpointing import write_failure
+from stjax.training.metrics_log import read_metrics
+
+TINY = Path(__file__).parents[1] / "configs" / "tiny_sft.yaml"
+# what tensorstore raises (through orbax) when a checkpoint file cannot be written
+ENOSPC_TEXT = ('RESOURCE_EXHAUSTED: Error writing "opt_state.1.0.count/0" in OCDBT database at local file '
+               '"{d}/{step}.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed writing: '
+               '"{d}/{step}.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/7eac16e5": Failed to '
+               "write 103149 bytes to file 9: No space left on device [os_error_code='28']")
+
+
+def test_write_failure_reads_os_errors_and_storage_statuses_and_nothing_else():
+    assert write_failure(ValueError(ENOSPC_TEXT)) == "No space left on device (errno 28)"
+    assert write_failure(OSError(errno.EROFS, "Read-only file system", "/x")) == "Read-only file system (errno 30)"
+    assert write_failure(ValueError("PERMISSION_DENIED: gs://bucket/run: caller lacks storage.objects.create")) \
+        == "PERMISSION_DENIED: gs://bucket/run: caller lacks storage.objects.create"
+    assert write_failure(ValueError("shapes (4, 8) and (8, 8) do not match")) is None
+    assert write_failure(KeyError("state")) is None
+
+
+def train(run_dir, *overrides) -> int:
+    return run_cli("stjax train", train_cli.main, ["--config", str(TINY), f"train.run_dir={run_dir}",
+                                                   "logging.progress=false", "checkpoint.every_steps=2",
+                                                   "checkpoint.async_save=false", *overrides])
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    run_dir, real_save = tmp_path / "run", ocp.CheckpointManager.save
+
+    def full_at_4(self, step, *args, **kwargs):
+        if step == 4:
+            raise ValueError(ENOSPC_TEXT.format(d=self.directory, step=step))
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_at_4)
+    assert train(run_dir, "train.max_steps=6") == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"stjax train: error: {run_dir / 'checkpoints'}: checkpoint 4 could not be written: No space left on device "
+        "(errno 28); the last complete checkpoint is step 2 (a rerun resumes there)"]
+    assert "Traceback" not in captured.out
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)  # space freed
+    assert train(run_dir, "train.max_steps=6") == 0
+    assert f"resuming from checkpoint 2 in {run_dir / 'checkpoints'}" in capsys.readouterr().out
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["4", "6"]
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 3, 4, 5, 6]  # 3, 4 again after the resume
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB file system (tmpfs), where the privileges allow mounting one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs privileges this machine does not give")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk_with_asynchronous_saves(small_disk, capsys):
+    run_dir = small_disk / "run"  # full fine-tuning: ~1.7 MiB a checkpoint, the third does not fit
+    code = run_cli("stjax train", train_cli.main, ["--config", str(TINY), f"train.run_dir={run_dir}",
+                                                   "logging.progress=false", "checkpoint.every_steps=2",
+                                                   "lora.enabled=false", "train.max_steps=12"])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err + captured.out, captured.err[-2000:]
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "could not be written: No space left on device (errno 28); the last complete " \
+        "checkpoint is step" in lines[0], lines
+    subprocess.run(["mount", "-o", "remount,size=32M", str(small_disk)], check=True)  # space freed
+    code = run_cli("stjax train", train_cli.main, ["--config", str(TINY), f"train.run_dir={run_dir}",
+                                                   "logging.progress=false", "checkpoint.every_steps=2",
+                                                   "lora.enabled=false", "train.max_steps=12"])
+    assert code == 0
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if "tmp" in p.name]  # the half-written step is gone
