@@ -90,3 +90,16 @@ def test_a_really_full_disk_with_asynchronous_saves(small_disk, capsys):
                                                    "lora.enabled=false", "train.max_steps=12"])
     assert code == 0
     assert not [p for p in (run_dir / "checkpoints").iterdir() if "tmp" in p.name]  # the half-written step is gone
+
+
+def test_a_read_only_run_directory_is_one_line_and_leaves_the_run_intact(small_disk, capsys):
+    run_dir = small_disk / "run"
+    assert train(run_dir, "train.max_steps=2") == 0
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    capsys.readouterr()
+    assert train(run_dir, "train.max_steps=4") == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"stjax train: error: {run_dir / '.lock'}: Read-only file system (errno 30)"], captured.err
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
