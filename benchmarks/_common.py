@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from stjax.data.batching import loss_index
 from stjax.lora import LoraParam, apply_lora
 from stjax.models import ModelConfig, init_model, make_mesh
 from stjax.lora import LoraSection
@@ -46,10 +47,12 @@ def chat_batch(rows: int, length: int, vocab: int, *, response_frac: float = 0.2
     pos = np.arange(length)[None]
     attention = pos < real[:, None]
     loss_mask = attention & (pos >= start[:, None])
+    most = int(loss_mask.sum(axis=1).max())
     return {
         "inputs": tokens[:, :-1] * attention, "targets": tokens[:, 1:] * attention,
         "attention_mask": attention, "loss_mask": loss_mask.astype(np.float32),
-        "response_pos": np.where(loss_mask, pos - start[:, None], 0).astype(np.int32),
+        "response_pos": np.where(loss_mask, pos - start[:, None], -1).astype(np.int32),
+        "loss_index": loss_index(loss_mask, min(length, -(-most // 8) * 8)),
     }
 
 

@@ -13,6 +13,10 @@ mesh, LoRA on q/v with the trainer's default section unless `--full`):
 - pact online (`loss.ref: online`): the step also runs the reference (LoRA: the same
   weights with adapters off; `--full`: a frozen copy of the initial weights) twice, on the
   full sequence and on the response-only sequence, without gradient.
+- sft / pact cached, "all pos": the same steps on a batch without `loss_index`, so the
+  vocabulary projection runs at every position (prompt and padding included) as it did
+  before losses gathered their positions; the line "vocabulary projections at the R loss
+  positions" gives gathered / all-positions step time (`--response-frac 0.08` is the SST-2 mix).
 
 The model is a random Llama-shaped `init_model` (hidden 256, 4 layers, vocab 32000 by
 default) on a chat-like batch of 8 x 256 whose last 20% of real tokens are the response.
@@ -84,6 +88,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per variant")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--response-frac", type=float, default=0.2,
+                        help="share of each row's tokens that are the response (SST-2 rows: ~0.08)")
     args = parser.parse_args(argv)
 
     t_script = time.perf_counter()
@@ -102,14 +108,18 @@ def main(argv=None):
                                header_len=args.header_len)
 
     graphdef, params, rest = build_model(config, lora=not args.full, seed=args.seed)
-    batch = device_batch(chat_batch(args.batch, args.length, config.vocab_size, seed=args.seed))
+    batch = device_batch(chat_batch(args.batch, args.length, config.vocab_size, response_frac=args.response_frac,
+                                    seed=args.seed))
     pact = objective("pact")
     cached_batch = {**batch, **cached_refs(pact, graphdef, params, rest, batch)}
     # The program gives full fine-tuning with an online reference its frozen copy of the initial weights.
+    every = {k: v for k, v in batch.items() if k != "loss_index"}  # as before loss_index: CE at every position
     variants = {
         "sft": (objective("sft"), "cached", batch),
         "pact cached": (pact, "cached", cached_batch),
         "pact online": (objective("pact", "online"), "online", batch),
+        "sft, all pos": (objective("sft"), "cached", every),
+        "pact c, all pos": (pact, "cached", {k: v for k, v in cached_batch.items() if k != "loss_index"}),
     }
 
     runners, mem = {}, {}
@@ -129,16 +139,19 @@ def main(argv=None):
     print()
     print(f"{args.repeats} interleaved rounds after {args.warmup} warm-up: step s is the median; time x is the "
           f"median over rounds of variant / sft; temp x is variant / sft")
-    print(f"{'variant':<14}{'step s':>9}{'time x':>8}{'temp GB':>10}{'temp x':>8}{'args GB':>9}{'loss':>9}")
+    print(f"{'variant':<16}{'step s':>9}{'time x':>8}{'temp GB':>10}{'temp x':>8}{'args GB':>9}{'loss':>9}")
     for name, run in runners.items():
         if name in mem:
             m = mem[name]
-            print(f"{name:<14}{run.median:>9.3f}{paired_ratio(run, sft):>8.2f}{m['temp']:>10.4f}"
+            print(f"{name:<16}{run.median:>9.3f}{paired_ratio(run, sft):>8.2f}{m['temp']:>10.4f}"
                   f"{m['temp'] / base_temp:>8.2f}{m['args']:>9.4f}{float(run.result['loss']):>9.4f}")
         else:
-            print(f"{name:<14}{run.median:>9.3f}{paired_ratio(run, sft):>8.2f}")
+            print(f"{name:<16}{run.median:>9.3f}{paired_ratio(run, sft):>8.2f}")
     cached_ok = paired_ratio(runners["pact cached"], sft) <= 1.10 and mem["pact cached"]["temp"] / base_temp <= 1.10
     print(f"cached within 1.10x of sft in time and temp memory: {'yes' if cached_ok else 'NO'}")
+    print(f"vocabulary projections at the {int(batch['loss_index'].shape[1])} loss positions of each row instead of "
+          f"all {args.length}: step time x {paired_ratio(sft, runners['sft, all pos']):.2f} (sft), "
+          f"x {paired_ratio(runners['pact cached'], runners['pact c, all pos']):.2f} (pact cached)")
     online, cached, forward = runners["pact online"], runners["pact cached"], runners["1 ref forward"]
     extra = statistics.median((o - c) / f for o, c, f in zip(online.times, cached.times, forward.times))
     print(f"online - cached = {extra:.1f} reference forwards (median over rounds); online runs 2, on the full "

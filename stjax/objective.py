@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from stjax.losses import cross_entropy
+from stjax.losses import cross_entropy, target_logprobs
 
 
 class ModelOutputs(NamedTuple):
@@ -58,10 +58,51 @@ def masked_sum(x: jax.Array, batch: dict) -> jax.Array:
     return (x * batch["loss_mask"]).sum()
 
 
+# ---------------------------------------------------------------- loss positions
+# A batch may carry `loss_index` [B, R]: each row's assistant (loss) positions, padded with -1
+# (stjax.data.batching). Vocabulary-wide projections then run on those R positions only, not
+# on every prompt and padding position; without it they run on all L positions.
+
+def gather_positions(x: jax.Array, batch: dict) -> jax.Array:
+    """x [B, L, ...] at the loss positions, [B, R, ...] (x itself when the batch has no index)."""
+    if "loss_index" not in batch:
+        return x
+    index = jnp.maximum(batch["loss_index"], 0).reshape(*batch["loss_index"].shape, *[1] * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, axis=1)
+
+
+def scatter_positions(values: jax.Array, batch: dict, fill: jax.Array | None = None) -> jax.Array:
+    """The inverse of gather_positions for [B, R] values: [B, L], `fill` [B, L] (zeros by
+    default) off the loss positions."""
+    if "loss_index" not in batch:
+        return values
+    index = batch["loss_index"]
+    outside = batch["loss_mask"].shape[1]  # where the index's padding goes: dropped
+    rows, columns = jnp.arange(index.shape[0])[:, None], jnp.where(index >= 0, index, outside)
+    out = jnp.zeros(batch["loss_mask"].shape, values.dtype) if fill is None else fill.astype(values.dtype)
+    return out.at[rows, columns].set(values, mode="drop")
+
+
+def loss_position_mask(batch: dict) -> jax.Array:
+    """loss_mask at the loss positions, [B, R] (0 at the index's padding)."""
+    mask = gather_positions(batch["loss_mask"], batch)
+    return mask if "loss_index" not in batch else jnp.where(batch["loss_index"] >= 0, mask, 0.0)
+
+
 def batch_cross_entropy(outputs: ModelOutputs, batch: dict, chunk_tokens: int) -> tuple[jax.Array, jax.Array]:
-    """(sum of assistant-token NLLs, their count), the vocabulary projected chunk by chunk."""
-    return cross_entropy(outputs.hidden, outputs.output_weights, batch["targets"], batch["loss_mask"],
+    """(sum of assistant-token NLLs, their count), the vocabulary projected chunk by chunk at
+    the loss positions only."""
+    return cross_entropy(gather_positions(outputs.hidden, batch), outputs.output_weights,
+                         gather_positions(batch["targets"], batch), loss_position_mask(batch),
                          chunk_tokens=chunk_tokens)
+
+
+def loss_target_logprobs(hidden: jax.Array, output_weights: jax.Array, batch: dict, *,
+                         chunk_tokens: int = 512) -> jax.Array:
+    """log p(targets) [B, L] at the loss positions (zero elsewhere when the batch has an index)."""
+    logp = target_logprobs(gather_positions(hidden, batch), output_weights, gather_positions(batch["targets"], batch),
+                           chunk_tokens=chunk_tokens)
+    return scatter_positions(logp, batch)
 
 
 def ce_plus(outputs: ModelOutputs, batch: dict, term: jax.Array, *, lam: float, chunk_tokens: int,

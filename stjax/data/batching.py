@@ -58,12 +58,38 @@ def pack_teacher_forced(prompts: list[list[int]], responses: list[list[int]], ro
     return tokens, mask, gather, resp_mask
 
 
+def loss_widths(buckets: Sequence[int], bucket_of: np.ndarray, loss_counts: np.ndarray) -> dict[int, int]:
+    """width -> R, the loss positions a batch of that width holds per row: the most loss tokens
+    of an example that can ride in it (its own bucket or a narrower one), rounded up to a
+    multiple of 8, at most the width."""
+    out, most = {}, 0
+    for b, width in enumerate(buckets):
+        members = loss_counts[bucket_of == b]
+        most = max(most, int(members.max()) if members.size else 0)
+        out[width] = min(width, max(8, -(-most // 8) * 8))
+    return out
+
+
+def loss_index(loss_mask: np.ndarray, width: int) -> np.ndarray:
+    """int32 [B, width]: each row's loss positions (loss_mask > 0) in order, then -1."""
+    out = np.full((loss_mask.shape[0], width), -1, np.int32)
+    for row, mask in enumerate(loss_mask):
+        positions = np.flatnonzero(mask)
+        if len(positions) > width:
+            raise ValueError(f"row {row} has {len(positions)} loss positions, more than the index width {width}")
+        out[row, : len(positions)] = positions
+    return out
+
+
 class BatchIterator:
     """Endless iterator of host batches (dicts of numpy arrays), epoch after epoch.
 
     Keys: inputs, targets (int32 [B, L]), loss_mask (float32 [B, L]), attention_mask
-    (bool [B, L]), response_pos (int32 [B, L]) and example_index (int32 [B]: the
-    `TokenizedExample.index` of each row, -1 for padding rows).
+    (bool [B, L]), response_pos (int32 [B, L]), example_index (int32 [B]: the
+    `TokenizedExample.index` of each row, -1 for padding rows) and loss_index (int32 [B, R]:
+    each row's loss positions, then -1), so that losses project onto the vocabulary at those
+    R positions only. R is fixed per width (`loss_widths`: the most loss tokens of any example
+    a batch of that width can hold, rounded up to a multiple of 8), so it adds no program.
     """
 
     def __init__(self, examples: Sequence[TokenizedExample], global_batch_size: int, max_len: int, *,
@@ -87,6 +113,8 @@ class BatchIterator:
         self._rows = slice(process_index * global_batch_size // process_count,
                            (process_index + 1) * global_batch_size // process_count)
         self._bucket_of = np.searchsorted(self.buckets, lengths)
+        self.loss_widths = loss_widths(self.buckets, self._bucket_of,
+                                       np.array([np.count_nonzero(e.loss_mask) for e in examples], np.int64))
         self._epoch, self._index = 0, 0
         self._plan_epoch, self._plan = -1, []
         if not self.batches_per_epoch:
@@ -159,4 +187,5 @@ class BatchIterator:
             batch["attention_mask"][row, :n] = True
             batch["response_pos"][row, :n] = example.response_pos
             batch["example_index"][row] = example.index
+        batch["loss_index"] = loss_index(batch["loss_mask"], self.loss_widths[width])
         return batch

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stjax.losses import logsumexp_chunked
-from stjax.objective import Objective, Reference, ce_plus, safety_columns
+from stjax.objective import Objective, Reference, ce_plus, gather_positions, safety_columns, scatter_positions
 from stjax.pact.loss import GateSettings, pact_bucket_kl_per_position, pact_kl_per_position
 from stjax.pact.reference import reference_safety_logits, response_start_shift, shift_rows, unshift_rows
 
@@ -67,8 +67,9 @@ def pact_bucket(ids: np.ndarray, weights: np.ndarray, header_len: int, *, lam: f
     def reference_fn(reference: Reference, batch):
         refs = base.reference_fn(reference, batch)
         vocab = reference.output_weights(None)
-        refs["ref_full_lse"] = logsumexp_chunked(reference.hidden(batch["inputs"], batch["attention_mask"]), vocab,
-                                                 temperature=T, chunk_tokens=chunk_tokens)
+        full = reference.hidden(batch["inputs"], batch["attention_mask"])
+        lse = logsumexp_chunked(gather_positions(full, batch), vocab, temperature=T, chunk_tokens=chunk_tokens)
+        refs["ref_full_lse"] = scatter_positions(lse, batch, fill=jax.nn.logsumexp(refs["ref_full"] / T, axis=-1))
         shift = response_start_shift(batch["response_pos"], header_len)
         post_inputs, inside = shift_rows(batch["inputs"], shift)
         post_attention, _ = shift_rows(batch["attention_mask"], shift, fill=False)
@@ -78,9 +79,13 @@ def pact_bucket(ids: np.ndarray, weights: np.ndarray, header_len: int, *, lam: f
         return refs
 
     def loss(outputs, batch, refs):
-        z_lse = logsumexp_chunked(outputs.hidden, outputs.output_weights, temperature=T, chunk_tokens=chunk_tokens)
+        z = safety_columns(outputs, ids)
+        lse = logsumexp_chunked(gather_positions(outputs.hidden, batch), outputs.output_weights, temperature=T,
+                                chunk_tokens=chunk_tokens)
+        # off the loss positions (no KL there) the K columns' own logsumexp keeps every term finite
+        z_lse = scatter_positions(lse, batch, fill=jax.lax.stop_gradient(jax.nn.logsumexp(z / T, axis=-1)))
         kl, c = pact_bucket_kl_per_position(
-            safety_columns(outputs, ids), z_lse, refs["ref_full"], refs["ref_full_lse"], refs["ref_post"],
+            z, z_lse, refs["ref_full"], refs["ref_full_lse"], refs["ref_post"],
             refs["ref_post_lse"], weights, batch["response_pos"], temperature=T, gate=gate)
         final = kl_positions_mask(batch)
         return ce_plus(outputs, batch, kl * final, lam=lam, chunk_tokens=chunk_tokens, gate=c * final)

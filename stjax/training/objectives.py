@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from stjax.configlib import ConfigKeyError
-from stjax.losses import full_vocab_kl, target_logprobs
-from stjax.objective import Objective, Reference, batch_cross_entropy, ce_plus, masked_sum
+from stjax.losses import full_vocab_kl
+from stjax.objective import (Objective, Reference, batch_cross_entropy, ce_plus, gather_positions,
+                             loss_target_logprobs, masked_sum, scatter_positions)
 from stjax.pact import objective as pact_objectives
 from stjax.pact.loss import GateSettings
 
@@ -69,8 +70,9 @@ def kl_baseline(*, lam: float = 1.0, chunk_tokens: int = 512) -> Objective:
                 "ref_vocab": reference.output_weights(None)}
 
     def loss(outputs, batch, refs):
-        kl = full_vocab_kl(refs["ref_hidden"], refs["ref_vocab"], outputs.hidden, outputs.output_weights,
-                           chunk_tokens=chunk_tokens)
+        kl = scatter_positions(full_vocab_kl(gather_positions(refs["ref_hidden"], batch), refs["ref_vocab"],
+                                             gather_positions(outputs.hidden, batch), outputs.output_weights,
+                                             chunk_tokens=chunk_tokens), batch)
         return ce_plus(outputs, batch, kl, lam=lam, chunk_tokens=chunk_tokens)
 
     return Objective(loss, reference_fn, cacheable=False)
@@ -83,11 +85,11 @@ def constrained_sft(*, beta_first: float = 0.5, beta_early: float = 2.0, beta_la
 
     def reference_fn(reference: Reference, batch):
         hidden = reference.hidden(batch["inputs"], batch["attention_mask"])
-        return {"ref_logprobs": target_logprobs(hidden, reference.output_weights(None), batch["targets"],
-                                                chunk_tokens=chunk_tokens)}
+        return {"ref_logprobs": loss_target_logprobs(hidden, reference.output_weights(None), batch,
+                                                     chunk_tokens=chunk_tokens)}
 
     def loss(outputs, batch, refs):
-        logp = target_logprobs(outputs.hidden, outputs.output_weights, batch["targets"], chunk_tokens=chunk_tokens)
+        logp = loss_target_logprobs(outputs.hidden, outputs.output_weights, batch, chunk_tokens=chunk_tokens)
         t = batch["response_pos"] + 1
         # t counts the final response's tokens; earlier assistant turns (t = 0) take beta_late
         beta = jnp.where(t == 1, beta_first, jnp.where((t > 1) & (t <= early_until), beta_early, beta_late))
