@@ -143,3 +143,14 @@ def test_cached_reference_is_saved_reused_on_relaunch_and_recomputed_on_change(t
     assert "reference cache: computing over" in out and "max_len changed ('64' -> '48')" in out
     build_trainer(make_config(tmp_path / "split", loss=loss))  # finished at step 6: nothing to compute
     assert "reference cache: not needed (the run finished at step 6)" in capsys.readouterr().out
+
+
+def test_the_reference_pass_is_built_once_for_the_training_and_the_eval_set(tmp_path, safety_dir):
+    from stjax.training.reference_cache import reference_program
+
+    reference_program.cache_clear()
+    loss = {"kind": "pact", "safety_tokens": str(safety_dir), "lam": 5.0}
+    eval_set = [{"path": "toy://data/sentiment_train.jsonl", "limit": 16}]
+    build_trainer(make_config(tmp_path, loss=loss, data={"eval": eval_set}, train={"max_steps": 2, "eval_every": 2}))
+    info = reference_program.cache_info()
+    assert (info.misses, info.hits) == (1, 1)  # one jitted program (per width) serves both caches

@@ -14,6 +14,7 @@ key recomputes it and says which part changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -45,13 +46,7 @@ def precompute_reference(
     from tqdm.auto import tqdm
 
     reference_frozen = Frozen(frozen.rest, params)
-
-    # Weights are arguments, not closed over: a closed-over array sharded across hosts
-    # becomes a constant that no single process can materialize.
-    @jax.jit
-    def compute(params, reference_frozen, batch):
-        return reference_fn(make_reference(graphdef, params, reference_frozen), batch)
-
+    compute = reference_program(reference_fn, graphdef)
     batches = BatchIterator(examples, batch_size, max_len, buckets=buckets, shuffle=False)
     cache: dict[int, dict[str, np.ndarray]] = {}
     for _ in tqdm(range(batches.batches_per_epoch), desc="reference cache", unit="batch", disable=not progress):
@@ -66,6 +61,20 @@ def precompute_reference(
                 positions = np.flatnonzero(rows["loss_mask"][r])
                 cache[int(index)] = {k: rows[k][r, positions] for k in out}
     return cache
+
+
+@functools.lru_cache(maxsize=8)
+def reference_program(reference_fn: ReferenceFn, graphdef):
+    """The jitted reference pass of one objective and model graph, built once: the training
+    set's cache and the eval set's reuse its programs (one per batch width). Weights are
+    arguments, not closed over: a closed-over array sharded across hosts becomes a constant
+    that no single process can materialize."""
+
+    @jax.jit
+    def compute(params, reference_frozen, batch):
+        return reference_fn(make_reference(graphdef, params, reference_frozen), batch)
+
+    return compute
 
 
 def _global(arrays: dict) -> dict[str, np.ndarray]:
