@@ -50,15 +50,28 @@ def reference_safety_logits(
     """(r_full, r_post): the reference's [B, L, K] safety-token logits, aligned to the batch.
 
     output_columns [D, K] are the safety-token columns of the reference's output matrix.
+    The response-only pass runs at the width it needs, `response_only_width`, not the row's.
     """
     inputs, attention = batch["inputs"], batch["attention_mask"]
     hidden = hidden_fn(inputs, attention)
     r_full = jnp.einsum("bld,dk->blk", hidden, output_columns.astype(hidden.dtype),
                         preferred_element_type=jnp.float32)
     shift = response_start_shift(batch["response_pos"], header_len)
+    width = response_only_width(batch, header_len)
     post_inputs, inside = shift_rows(inputs, shift)
     post_attention, _ = shift_rows(attention, shift, fill=False)
-    post_hidden = hidden_fn(post_inputs, post_attention & inside)
+    post_hidden = hidden_fn(post_inputs[:, :width], (post_attention & inside)[:, :width])
     r_post = jnp.einsum("bld,dk->blk", post_hidden, output_columns.astype(post_hidden.dtype),
                         preferred_element_type=jnp.float32)
+    r_post = jnp.pad(r_post, ((0, 0), (0, inputs.shape[1] - width), (0, 0)))
     return jax.lax.stop_gradient(r_full), jax.lax.stop_gradient(unshift_rows(r_post, shift))
+
+
+def response_only_width(batch: dict, header_len: int) -> int:
+    """Static width of the response-only sequences: the assistant header and the final
+    response, which `loss_index` bounds (R loss positions a row); the row width without it.
+    The pass is causal, so cutting it after the response changes none of its logits."""
+    width = batch["inputs"].shape[1]
+    if "loss_index" not in batch:
+        return width
+    return min(width, batch["loss_index"].shape[1] + header_len)
