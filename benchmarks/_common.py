@@ -19,7 +19,7 @@ from stjax.lora import LoraSection
 from stjax.objective import Objective
 from stjax.training.optimizer import OptimizerSection, make_optimizer, make_schedule
 from stjax.training.program import build_program, compiled_step
-from stjax.training.step import split_model
+from stjax.training.step import Frozen, make_reference, split_model
 
 GB = 1e9
 
@@ -142,3 +142,21 @@ def time_interleaved(runners: dict[str, Runner], *, warmup: int, repeats: int) -
 def fresh(tree):
     """A device copy (the step donates its state, so each variant needs its own params)."""
     return jax.tree.map(jnp.copy, tree)
+
+
+def reference_program(graphdef, fn):
+    """jit of fn(reference, batch) on the starting weights, as `precompute_reference` runs it."""
+
+    @jax.jit
+    def run(params, rest, batch):
+        return fn(make_reference(graphdef, params, Frozen(rest, params)), batch)
+
+    return run
+
+
+def cached_refs(objective, graphdef, params, rest, batch) -> dict:
+    """The reference arrays `ref: cached` feeds: the objective's reference_fn on the starting
+    weights, kept at response positions only (as `CachedBatches` scatters them)."""
+    refs = reference_program(graphdef, objective.reference_fn)(params, rest, batch)
+    mask = batch["loss_mask"][..., None] > 0
+    return {k: jnp.where(mask, v, 0.0) for k, v in refs.items()}

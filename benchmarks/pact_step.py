@@ -48,30 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from _common import (
-    Runner, build_model, chat_batch, compile_step, device_batch, fresh, llama_config, memory, paired_ratio,
-    step_runner, time_interleaved,
+    Runner, build_model, cached_refs, chat_batch, compile_step, device_batch, fresh, llama_config, memory,
+    paired_ratio, reference_program, step_runner, time_interleaved,
 )
 from stjax.training.objectives import LossSection
 from stjax.training.objectives import build_objective
-from stjax.training.step import Frozen, make_reference
-
-
-def reference_program(graphdef, fn):
-    """jit of fn(reference, batch) on the starting weights, as `precompute_reference` runs it."""
-
-    @jax.jit
-    def run(params, rest, batch):
-        return fn(make_reference(graphdef, params, Frozen(rest, params)), batch)
-
-    return run
-
-
-def cached_refs(objective, graphdef, params, rest, batch) -> dict:
-    """The reference arrays `ref: cached` feeds: the objective's reference_fn on the starting
-    weights, kept at response positions only (as `CachedBatches` scatters them)."""
-    refs = reference_program(graphdef, objective.reference_fn)(params, rest, batch)
-    mask = batch["loss_mask"][..., None] > 0
-    return {k: jnp.where(mask, v, 0.0) for k, v in refs.items()}
 
 
 def main(argv=None):
