@@ -46,34 +46,49 @@ def set_verbosity(level: str) -> None:
     _root.setLevel(LEVELS[level])
 
 
+# orbax's reports of a failed asynchronous save, whose error is raised again to the caller
+REPORTED_AGAIN = ("raised an exception", "Handler Commit operations", "Save Finalize thread")
+
+
 class _NoThreadTracebacks(logging.Filter):
-    """Drops the tracebacks orbax logs (through absl) when one of its background threads
-    fails: the same error reaches the caller, which reports it in one line."""
+    """orbax (through absl) logs a traceback when one of its background threads fails: the
+    failures of a save, which reach the caller and are reported there in one line, are
+    dropped; any other orbax error keeps its message, without the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.exc_info or record.levelno < logging.ERROR or record.exc_info[2] is None:
             return True
-        return not any("orbax" in frame.filename for frame in traceback.extract_tb(record.exc_info[2]))
+        if not any("orbax" in frame.filename for frame in traceback.extract_tb(record.exc_info[2])):
+            return True
+        if any(text in str(record.msg) for text in REPORTED_AGAIN):
+            return False
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 _thread_filter = _NoThreadTracebacks()
 
 
+_previous_hook = None
+
+
 def _late_callback(unraisable) -> None:
     """After a failed checkpoint write, tensorstore's pending writes finish into orbax's
     already closed event loop ("Event loop is closed", nothing lost): silent; anything else
-    goes to Python's own hook."""
+    goes to the hook that was there before."""
     if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-        sys.__unraisablehook__(unraisable)
+        (_previous_hook or sys.__unraisablehook__)(unraisable)
 
 
 def hide_library_tracebacks(hide: bool = True) -> None:
     """Hides (or shows again, for --debug) library tracebacks of errors that stjax reports itself."""
+    global _previous_hook
     absl = logging.getLogger("absl")
     if hide:
         absl.addFilter(_thread_filter)
-        sys.unraisablehook = _late_callback
+        if sys.unraisablehook is not _late_callback:
+            _previous_hook, sys.unraisablehook = sys.unraisablehook, _late_callback
     else:
         absl.removeFilter(_thread_filter)
         if sys.unraisablehook is _late_callback:
-            sys.unraisablehook = sys.__unraisablehook__
+            sys.unraisablehook = _previous_hook or sys.__unraisablehook__

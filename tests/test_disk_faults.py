@@ -30,6 +30,7 @@ def test_write_failure_reads_os_errors_and_storage_statuses_and_nothing_else():
     assert write_failure(ValueError("PERMISSION_DENIED: gs://bucket/run: caller lacks storage.objects.create")) \
         == "PERMISSION_DENIED: gs://bucket/run: caller lacks storage.objects.create"
     assert write_failure(ValueError("shapes (4, 8) and (8, 8) do not match")) is None
+    assert write_failure(ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2.1GiB")) is None
     assert write_failure(KeyError("state")) is None
 
 
@@ -103,3 +104,39 @@ def test_a_read_only_run_directory_is_one_line_and_leaves_the_run_intact(small_d
     assert captured.err.strip().splitlines() == [
         f"stjax train: error: {run_dir / '.lock'}: Read-only file system (errno 30)"], captured.err
     assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
+
+
+def test_a_gs_run_directory_keeps_its_checkpoints_on_gs():
+    from trainer_fixtures import make_config
+
+    config = make_config("runs/x")
+    config.train.run_dir = "gs://bucket/runs/x"
+    assert config.checkpoint_dir == "gs://bucket/runs/x/checkpoints"
+
+
+def test_an_error_in_flight_is_reported_even_when_a_save_failed_too(tmp_path, capsys):
+    """The asynchronous save of step 2 fails (found when closing), while step 3 raises: the
+    step's error propagates, the failed save is logged, not raised over it."""
+    from stjax.errors import UserError
+    from stjax.training.build import build_trainer
+    from trainer_fixtures import make_config
+
+    trainer = build_trainer(make_config(tmp_path, train={"max_steps": 4}, checkpoint={"every_steps": 2}))
+    manager, put, calls = trainer.checkpointer.manager, trainer.program.device_batch, []
+
+    def device_batch(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise UserError("step 3: the evaluation set is gone")
+        return put(batch)
+
+    def wait_until_finished():
+        if trainer.checkpointer._writing == 2:
+            raise ValueError(ENOSPC_TEXT.format(d=trainer.checkpointer.directory, step=2))
+
+    manager.save = lambda step, *args, **kwargs: None  # the write "starts" and fails in the background
+    manager.wait_until_finished = wait_until_finished
+    trainer.program.device_batch = device_batch  # an instance attribute over the method
+    with pytest.raises(UserError, match="the evaluation set is gone"):
+        trainer.run()
+    assert "checkpoint 2 could not be written: No space left on device (errno 28)" in capsys.readouterr().out

@@ -101,8 +101,11 @@ def _build(config: TrainConfig, tokenizer, lock: RunLock) -> Trainer:
     program = build_program(graphdef, params, rest, objective, tx, mesh, lora=config.lora.enabled, ref=config.loss.ref,
                             grad_accum=config.train.grad_accum, seed=config.train.seed, rules=rules)
     lock.acquire()  # before the first write into the run directory (checkpoints/, reference_cache/)
+    # only the lock holder cleans up half-written steps, and only in its own run directory
+    owned = lock.held and "://" not in config.checkpoint_dir and Path(config.checkpoint_dir).resolve().is_relative_to(
+        run_dir.resolve())
     checkpointer = Checkpointer(config.checkpoint_dir, keep=config.checkpoint.keep,
-                                async_save=config.checkpoint.async_save, config=dataclasses.asdict(config), owner=True)
+                                async_save=config.checkpoint.async_save, config=dataclasses.asdict(config), owner=owned)
     latest = checkpointer.latest_step() if config.train.resume == "auto" else None
     if latest is not None:  # before config.yaml is rewritten: the checkpoints must be this config's
         try:

@@ -19,7 +19,10 @@ import orbax.checkpoint as ocp
 import yaml
 
 from stjax.errors import UserError
+from stjax.logs import get_logger
 from stjax.training.step import TrainState
+
+log = get_logger(__name__)
 
 # the config parts that shape a checkpoint's state or give its numbers their meaning: a
 # resumed run must share them (train.max_steps, epochs, logging, eval and export may change)
@@ -56,8 +59,9 @@ def write_failure(error: BaseException) -> str | None:
     text = " ".join(str(error).split())
     if code := re.search(r"\[os_error_code='(\d+)'\]", text):
         return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
-    if status := re.match(r"(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAUTHENTICATED): (.{0,160})", text):
-        return f"{status.group(1)}: {status.group(2)}"
+    status = re.match(r"(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAUTHENTICATED): (.{0,160})", text)
+    if status and any(mark in text for mark in ("gs://", "local file", "Error writing", "Error opening")):
+        return f"{status.group(1)}: {status.group(2)}"  # a storage refusal, not (say) device memory
     return None
 
 
@@ -119,11 +123,13 @@ class Checkpointer:
 
     def recorded_config(self, step: int) -> dict | None:
         """The state-shaping config checkpoint `step` recorded (None before records were kept)."""
+        if not (epath.Path(self.directory) / str(step) / "config").exists():
+            return None
         try:
-            if not (epath.Path(self.directory) / str(step) / "config").exists():
-                return None
             return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-        except Exception:  # a damaged checkpoint: resuming sets it aside and tries the one before
+        except Exception as e:  # a damaged checkpoint: resuming sets it aside and tries the one before
+            log.warning(f"checkpoint {step} in {self.directory}: its recorded config cannot be read "
+                        f"({' '.join(str(e).split())[:160]}); comparing against the run's config.yaml instead")
             return None
 
     def save(self, step: int, state: TrainState, data_state: dict) -> None:
@@ -135,10 +141,11 @@ class Checkpointer:
         self._writing = step
 
     @contextlib.contextmanager
-    def _writes(self, step: int):
+    def _writes(self, step: int, *, again: bool = True):
         """Turns a disk failure while writing checkpoint `step` (or the asynchronous save
         still in flight) into one CheckpointWriteError naming the directory, the reason and
-        the last complete checkpoint."""
+        the last complete checkpoint. again=False (waiting, closing): a failure already
+        reported is not reported a second time."""
         try:
             yield
         except Exception as e:
@@ -148,7 +155,7 @@ class Checkpointer:
             named = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))  # the step directory it wrote into
             failed = int(named.group(1)) if named else self._writing if self._writing is not None else step
             self._writing = None
-            if self._failed:  # reported once: waiting or closing after it does not report it again
+            if self._failed and not again:
                 return
             self._failed = True
             self.manager.reload()
@@ -172,7 +179,8 @@ class Checkpointer:
         """Takes the checkpoints from `from_step` (to `to_step`) out of resumption: renamed to
         `<why>-<step>` (`.1`, `.2` for repeats; kept for inspection) on local disks, deleted
         elsewhere. Returns their steps (every process calls it)."""
-        self.manager.wait_until_finished()
+        with self._writes(self._writing or from_step, again=False):
+            self.manager.wait_until_finished()
         steps = [s for s in self.manager.all_steps() if s >= from_step and (to_step is None or s <= to_step)]
         for step in steps:
             if "://" in self.directory:
@@ -187,7 +195,7 @@ class Checkpointer:
         return sorted(steps)
 
     def wait(self) -> None:
-        with self._writes(self._writing or 0):
+        with self._writes(self._writing or 0, again=False):
             self.manager.wait_until_finished()
         self._writing = None
 

@@ -77,7 +77,10 @@ class TrainConfig:
 
     @property
     def checkpoint_dir(self) -> str:
-        return self.checkpoint.dir or str(Path(self.train.run_dir) / "checkpoints")
+        if self.checkpoint.dir:
+            return self.checkpoint.dir
+        run_dir = self.train.run_dir
+        return f"{run_dir.rstrip('/')}/checkpoints" if "://" in run_dir else str(Path(run_dir) / "checkpoints")
 
 
 POSITIVE = {"train.batch_size": lambda c: c.train.batch_size, "train.epochs": lambda c: c.train.epochs,

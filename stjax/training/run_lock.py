@@ -67,6 +67,11 @@ class RunLock:
         self._fd = fd
         return self
 
+    @property
+    def held(self) -> bool:
+        """This process holds the lock (process 0 of a local run directory)."""
+        return self._fd is not None
+
     def release(self) -> None:
         if self._fd is None:
             return

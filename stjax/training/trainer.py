@@ -21,7 +21,7 @@ from flax import nnx
 from stjax.errors import UserError
 from stjax.logs import get_logger
 from stjax.training.agreement import StopAgreement
-from stjax.training.checkpointing import Checkpointer, is_damage
+from stjax.training.checkpointing import Checkpointer, CheckpointWriteError, is_damage
 from stjax.training.metrics_log import MetricsLog, WandbSection
 from stjax.training.preemption import StopRequest
 from stjax.training.program import TrainProgram
@@ -201,9 +201,16 @@ class Trainer:
                         break
                 if pending is not None:
                     settle(pending)
-        finally:
+        except BaseException:  # the error in flight is the one to report; a failed save is logged
             bar.close()
             log.close()
-            self.checkpointer.close()
+            try:
+                self.checkpointer.close()
+            except CheckpointWriteError as e:
+                logger.warning(str(e))
+            raise
+        bar.close()
+        log.close()
+        self.checkpointer.close()
         export_dir = None if stopped_by or self.export is None else self.export(self.trained_model())
         return TrainResult(step, stopped_by, losses, export_dir)
