@@ -110,3 +110,8 @@ def test_scatter_inverts_gather_on_the_loss_positions():
     mask = np.asarray(gathered["loss_mask"]) > 0
     np.testing.assert_array_equal(np.asarray(back)[mask], np.asarray(x)[mask])
     assert (np.asarray(back)[~mask] == -7.0).all()
+
+
+def test_the_switch_off_leaves_batches_without_an_index():
+    batch = next(BatchIterator(examples(), 8, 32, buckets=[16, 32], loss_index=False))
+    assert "loss_index" not in batch and batch["loss_mask"].shape[1] in (16, 32)

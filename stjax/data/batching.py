@@ -94,7 +94,8 @@ class BatchIterator:
 
     def __init__(self, examples: Sequence[TokenizedExample], global_batch_size: int, max_len: int, *,
                  buckets: Sequence[int] | None = None, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, process_index: int | None = None, process_count: int | None = None):
+                 drop_last: bool = False, process_index: int | None = None, process_count: int | None = None,
+                 loss_index: bool = True):
         if process_index is None or process_count is None:
             import jax
 
@@ -109,7 +110,7 @@ class BatchIterator:
         self.examples = list(examples)
         self.buckets = bucket_lengths(max_len, buckets)
         self.global_batch_size = global_batch_size
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.seed, self.shuffle, self.drop_last, self.with_loss_index = seed, shuffle, drop_last, loss_index
         self._rows = slice(process_index * global_batch_size // process_count,
                            (process_index + 1) * global_batch_size // process_count)
         self._bucket_of = np.searchsorted(self.buckets, lengths)
@@ -187,5 +188,6 @@ class BatchIterator:
             batch["attention_mask"][row, :n] = True
             batch["response_pos"][row, :n] = example.response_pos
             batch["example_index"][row] = example.index
-        batch["loss_index"] = loss_index(batch["loss_mask"], self.loss_widths[width])
+        if self.with_loss_index:
+            batch["loss_index"] = loss_index(batch["loss_mask"], self.loss_widths[width])
         return batch

@@ -61,7 +61,8 @@ def build_eval_data(config, tokenizer) -> TrainingData | None:
         return None
     conversations = with_system_prompt([row for source in data.eval for row in load_source(source)], data.system_prompt)
     examples, stats = _tokenized("data.eval", conversations, tokenizer, data)
-    batches = BatchIterator(examples, config.train.batch_size, data.max_len, buckets=data.buckets, shuffle=False)
+    batches = BatchIterator(examples, config.train.batch_size, data.max_len, buckets=data.buckets, shuffle=False,
+                            loss_index=data.gather_loss_positions)
     return TrainingData(examples, stats, batches, assistant_header_ids(tokenizer))
 
 
@@ -75,5 +76,5 @@ def build_training_data(config, tokenizer) -> TrainingData:
     conversations = with_system_prompt(conversations, data.system_prompt)
     examples, stats = _tokenized("data.train", conversations, tokenizer, data)
     batches = BatchIterator(examples, config.train.batch_size, data.max_len, buckets=data.buckets,
-                            seed=config.train.seed)
+                            seed=config.train.seed, loss_index=data.gather_loss_positions)
     return TrainingData(examples, stats, batches, assistant_header_ids(tokenizer))

@@ -52,4 +52,7 @@ class DataSection:
     max_len: int = 512
     train_on: Literal["all", "last"] = "all"  # assistant turns that are targets: every one, or the final one
     buckets: list[int] | None = None  # padded lengths; default: powers of two up to max_len
+    # batches name their loss positions (loss_index), so vocabulary projections run there only;
+    # false: at every position (the same losses, another float summation order)
+    gather_loss_positions: bool = True
     system_prompt: str | None = None

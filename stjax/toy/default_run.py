@@ -50,7 +50,9 @@ def finetune_config(run_dir: Path, method: str, safety_dir: Path, *, seed: int =
         "model": {"path": "toy://aligned-model", "dtype": "float32"},
         "data": {"train": [{"path": "toy://data/sentiment_train.jsonl"}],
                  "harmful": {"path": "toy://data/harmful_comply_train.jsonl"}, "harmful_ratio": harmful_ratio,
-                 "mix_seed": seed, "max_len": 64},
+                 "mix_seed": seed, "max_len": 64,
+                 # the published toy-world figures were made with projections at every position
+                 "gather_loss_positions": False},
         "mesh": {"data": -1},
         "lora": {"enabled": False},
         "optimizer": {"lr": LR, "schedule": "step_decay", "decay_gamma": 0.85},

@@ -48,7 +48,9 @@ def _fine_tune(start: str, data_file: str, epochs: int):
 
         config = from_dict(TrainConfig, {
             "model": {"path": start, "dtype": "float32"},
-            "data": {"train": [{"path": str(world_data_dir() / data_file)}], "max_len": 64},
+            "data": {"train": [{"path": str(world_data_dir() / data_file)}], "max_len": 64,
+                 # the published toy-world figures were made with projections at every position
+                 "gather_loss_positions": False},
             "mesh": {"data": -1},
             "lora": {"enabled": False},
             "optimizer": {"lr": 3e-3, "schedule": "warmup_cosine", "warmup_steps": 10, "clip_norm": 1.0},

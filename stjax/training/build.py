@@ -129,7 +129,8 @@ def _build(config: TrainConfig, tokenizer, lock: RunLock) -> Trainer:
             eval_cache = precompute_reference(
                 objective.reference_fn, program.graphdef, params, program.frozen, eval_data.examples,
                 batch_size=config.train.batch_size, max_len=config.data.max_len, buckets=config.data.buckets,
-                put_batch=program.device_batch, progress=config.logging.progress)
+                put_batch=program.device_batch, progress=config.logging.progress,
+                loss_index=config.data.gather_loss_positions)
         evaluate = make_evaluator(program, eval_data, eval_cache)
     state = program.init_state(params)  # donates params: the reference caches are computed before
 

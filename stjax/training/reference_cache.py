@@ -36,7 +36,7 @@ log = get_logger(__name__)
 
 def precompute_reference(
     reference_fn: ReferenceFn, graphdef, params, frozen: Frozen, examples: Sequence[TokenizedExample], *,
-    batch_size: int, max_len: int, buckets, put_batch, progress: bool = True,
+    batch_size: int, max_len: int, buckets, put_batch, progress: bool = True, loss_index: bool = True,
 ) -> dict[int, dict[str, np.ndarray]]:
     """example index -> {key: array at its assistant positions [R, ...]}.
 
@@ -47,7 +47,7 @@ def precompute_reference(
 
     reference_frozen = Frozen(frozen.rest, params)
     compute = reference_program(reference_fn, graphdef)
-    batches = BatchIterator(examples, batch_size, max_len, buckets=buckets, shuffle=False)
+    batches = BatchIterator(examples, batch_size, max_len, buckets=buckets, shuffle=False, loss_index=loss_index)
     cache: dict[int, dict[str, np.ndarray]] = {}
     for _ in tqdm(range(batches.batches_per_epoch), desc="reference cache", unit="batch", disable=not progress):
         host = next(batches)
@@ -208,7 +208,8 @@ def cached_reference(config, objective, program, params, examples: Sequence[Toke
 
     cache = precompute_reference(objective.reference_fn, program.graphdef, params, program.frozen, examples,
                                  batch_size=config.train.batch_size, max_len=config.data.max_len,
-                                 buckets=config.data.buckets, put_batch=program.device_batch, progress=config.logging.progress)
+                                 buckets=config.data.buckets, put_batch=program.device_batch, progress=config.logging.progress,
+                                 loss_index=config.data.gather_loss_positions)
     if local and jax.process_index() == 0 and cache:
         save_cache(directory, key, cache)
     return cache
