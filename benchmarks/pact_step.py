@@ -94,13 +94,15 @@ def main(argv=None):
     pact = objective("pact")
     cached_batch = {**batch, **cached_refs(pact, graphdef, params, rest, batch)}
     # The program gives full fine-tuning with an online reference its frozen copy of the initial weights.
-    every = {k: v for k, v in batch.items() if k != "loss_index"}  # as before loss_index: CE at every position
+    def every(b):  # as before loss_index: the vocabulary projection at every position
+        return {k: v for k, v in b.items() if k != "loss_index"}
+
     variants = {
         "sft": (objective("sft"), "cached", batch),
         "pact cached": (pact, "cached", cached_batch),
         "pact online": (objective("pact", "online"), "online", batch),
-        "sft, all pos": (objective("sft"), "cached", every),
-        "pact c, all pos": (pact, "cached", {k: v for k, v in cached_batch.items() if k != "loss_index"}),
+        "sft, all pos": (objective("sft"), "cached", every(batch)),
+        "pact c, all pos": (pact, "cached", every(cached_batch)),
     }
 
     runners, mem = {}, {}

@@ -202,15 +202,15 @@ class Trainer:
                 if pending is not None:
                     settle(pending)
         except BaseException:  # the error in flight is the one to report; a failed save is logged
-            bar.close()
-            log.close()
             try:
                 self.checkpointer.close()
             except CheckpointWriteError as e:
                 logger.warning(str(e))
             raise
-        bar.close()
-        log.close()
-        self.checkpointer.close()
+        else:
+            self.checkpointer.close()
+        finally:
+            bar.close()
+            log.close()
         export_dir = None if stopped_by or self.export is None else self.export(self.trained_model())
         return TrainResult(step, stopped_by, losses, export_dir)
