@@ -46,14 +46,17 @@ def set_verbosity(level: str) -> None:
     _root.setLevel(LEVELS[level])
 
 
-# orbax's reports of a failed asynchronous save, whose error is raised again to the caller
-REPORTED_AGAIN = ("raised an exception", "Handler Commit operations", "Save Finalize thread")
+# orbax's reports of a failed asynchronous save, whose error is raised again to the caller, and
+# asyncio's of the same failure in the save's other write tasks (found when they are collected)
+REPORTED_AGAIN = ("raised an exception", "Handler Commit operations", "Save Finalize thread",
+                  "exception was never retrieved")
 
 
 class _NoThreadTracebacks(logging.Filter):
-    """orbax (through absl) logs a traceback when one of its background threads fails: the
-    failures of a save, which reach the caller and are reported there in one line, are
-    dropped; any other orbax error keeps its message, without the traceback."""
+    """orbax (through absl) logs a traceback when one of its background threads fails, and
+    asyncio one for each of its write tasks that failed with it: the failures of a save, which
+    reach the caller and are reported there in one line, are dropped; any other orbax error
+    keeps its message, without the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.exc_info or record.levelno < logging.ERROR or record.exc_info[2] is None:
@@ -83,12 +86,14 @@ def _late_callback(unraisable) -> None:
 def hide_library_tracebacks(hide: bool = True) -> None:
     """Hides (or shows again, for --debug) library tracebacks of errors that stjax reports itself."""
     global _previous_hook
-    absl = logging.getLogger("absl")
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     if hide:
-        absl.addFilter(_thread_filter)
+        for logger in loggers:
+            logger.addFilter(_thread_filter)
         if sys.unraisablehook is not _late_callback:
             _previous_hook, sys.unraisablehook = sys.unraisablehook, _late_callback
     else:
-        absl.removeFilter(_thread_filter)
+        for logger in loggers:
+            logger.removeFilter(_thread_filter)
         if sys.unraisablehook is _late_callback:
             sys.unraisablehook = _previous_hook or sys.__unraisablehook__

@@ -161,4 +161,5 @@ def test_a_full_disk_while_writing_metrics_is_one_line_naming_the_file(tmp_path,
     args = ["--config", str(TINY), f"train.run_dir={tmp_path / 'run'}", "logging.progress=false", "train.max_steps=2"]
     assert run_cli("stjax train", train_cli.main, args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"stjax train: error: {tmp_path / 'run' / 'metrics.jsonl'}: No space left on device (errno 28)"]
+    assert err == [f"stjax train: error: {tmp_path / 'run' / 'metrics.jsonl'}: could not be written: No space left on "
+                   "device (errno 28); no checkpoint was written (a rerun starts from the initial weights)"]

@@ -5,6 +5,8 @@ checkpoint (exit 2), and a rerun resumes from that checkpoint."""
 from __future__ import annotations
 
 import errno
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -82,15 +84,43 @@ def test_a_really_full_disk_with_asynchronous_saves(small_disk, capsys):
                                                    "lora.enabled=false", "train.max_steps=12"])
     captured = capsys.readouterr()
     assert code == 2 and "Traceback" not in captured.err + captured.out, captured.err[-2000:]
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "could not be written: No space left on device (errno 28); the last complete " \
-        "checkpoint is step" in lines[0], lines
+    lines = captured.err.strip().splitlines()  # whichever write found the disk full first: a checkpoint or the metrics
+    assert len(lines) == 1 and re.fullmatch(
+        rf"stjax train: error: {re.escape(str(run_dir))}/(checkpoints: checkpoint \d+ |metrics\.jsonl: "
+        r"|tensorboard(/hparams)?: )could not be written: No space left on device \(errno 28\); "
+        r"the last complete checkpoint is step \d+ \(a rerun resumes there\)", lines[0]), lines
     subprocess.run(["mount", "-o", "remount,size=32M", str(small_disk)], check=True)  # space freed
     code = run_cli("stjax train", train_cli.main, ["--config", str(TINY), f"train.run_dir={run_dir}",
                                                    "logging.progress=false", "checkpoint.every_steps=2",
                                                    "lora.enabled=false", "train.max_steps=12"])
     assert code == 0
     assert not [p for p in (run_dir / "checkpoints").iterdir() if "tmp" in p.name]  # the half-written step is gone
+
+
+def test_a_full_disk_under_the_metrics_is_one_line_and_a_rerun_resumes(tmp_path, capsys):
+    """metrics.jsonl on a device that is always full (/dev/full): the first write after the
+    resume fails; the line names the file and the last complete checkpoint, and nothing after it
+    was saved."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "train.max_steps=4", "logging.tensorboard=true") == 0
+    kept = (run_dir / "metrics.jsonl").read_text()
+    (run_dir / "metrics.jsonl").rename(run_dir / "kept.jsonl")
+    (run_dir / "metrics.jsonl").symlink_to("/dev/full")
+    capsys.readouterr()
+    assert train(run_dir, "train.max_steps=8", "logging.tensorboard=true") == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"stjax train: error: {run_dir / 'metrics.jsonl'}: could not be written: No space left on device (errno 28); "
+        "the last complete checkpoint is step 4 (a rerun resumes there)"], captured.err
+    assert "Traceback" not in captured.out + captured.err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2", "4"]
+    (run_dir / "metrics.jsonl").unlink()
+    (run_dir / "kept.jsonl").rename(run_dir / "metrics.jsonl")
+    assert train(run_dir, "train.max_steps=8") == 0
+    assert (run_dir / "metrics.jsonl").read_text().startswith(kept)
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_a_read_only_run_directory_is_one_line_and_leaves_the_run_intact(small_disk, capsys):
@@ -140,3 +170,39 @@ def test_an_error_in_flight_is_reported_even_when_a_save_failed_too(tmp_path, ca
     with pytest.raises(UserError, match="the evaluation set is gone"):
         trainer.run()
     assert "checkpoint 2 could not be written: No space left on device (errno 28)" in capsys.readouterr().out
+
+
+def test_the_tracebacks_of_a_failed_save_are_hidden_and_other_errors_kept():
+    """A failed asynchronous save is reported once, in the one line: asyncio's and absl's
+    tracebacks of the same failure (raised in orbax's code) are dropped; an error from
+    elsewhere keeps its traceback; --debug (hide=False) shows everything again."""
+    import logging
+    import sys
+
+    from stjax.logs import hide_library_tracebacks
+
+    def raised_in(filename: str):
+        try:
+            exec(compile("raise ValueError('RESOURCE_EXHAUSTED: Error writing')", filename, "exec"))
+        except ValueError:
+            return sys.exc_info()
+
+    seen = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append((record.getMessage().splitlines()[0], record.exc_info is not None))
+
+    asyncio_log, handler = logging.getLogger("asyncio"), Collect()
+    asyncio_log.addHandler(handler)
+    try:
+        hide_library_tracebacks(True)
+        orbax_file = "/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
+        asyncio_log.error("Task exception was never retrieved\nfuture: <Task>", exc_info=raised_in(orbax_file))
+        asyncio_log.error("Task exception was never retrieved\nfuture: <Task>", exc_info=raised_in("/app/mine.py"))
+        hide_library_tracebacks(False)
+        asyncio_log.error("Task exception was never retrieved\nfuture: <Task>", exc_info=raised_in(orbax_file))
+    finally:
+        asyncio_log.removeHandler(handler)
+        hide_library_tracebacks(False)
+    assert seen == [("Task exception was never retrieved", True)] * 2

@@ -158,12 +158,16 @@ class Checkpointer:
             if self._failed and not again:
                 return
             self._failed = True
-            self.manager.reload()
-            done = [s for s in self.manager.all_steps() if s < failed]
-            kept = (f"the last complete checkpoint is step {max(done)} (a rerun resumes there)" if done
-                    else "no earlier checkpoint exists")
             raise CheckpointWriteError(f"{self.directory}: checkpoint {failed} could not be written: {reason}; "
-                                       f"{kept}") from None
+                                       f"{self.resumes_from(before=failed)}") from None
+
+    def resumes_from(self, *, before: int | None = None) -> str:
+        """Where a rerun resumes, in words: the last complete checkpoint (before step `before`)."""
+        self.manager.reload()
+        done = [s for s in self.manager.all_steps() if before is None or s < before]
+        return (f"the last complete checkpoint is step {max(done)} (a rerun resumes there)" if done
+                else "no earlier checkpoint exists" if before is not None
+                else "no checkpoint was written (a rerun starts from the initial weights)")
 
     def restore(self, step: int, target: TrainState, shardings: TrainState) -> tuple[TrainState, dict]:
         """Restores into `shardings` (abstract targets rebuilt with concrete NamedShardings)."""

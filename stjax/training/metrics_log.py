@@ -3,21 +3,29 @@ scalars, the resolved config as text and the hyperparameters with the final metr
 optionally Weights & Biases (`logging.wandb`, the `wandb` extra).
 
 Only process 0 writes. Values arrive as host floats: the trainer fetches a step's metrics
-after dispatching the next step, so logging never stalls the device.
+after dispatching the next step, so logging never stalls the device. Every write happens in
+the caller's thread and is flushed at once: a full or read-only disk raises one
+`MetricsWriteError` naming the file (a background writer would die silently, then block).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Literal
 
 import jax
 import yaml
 
-from stjax.errors import MissingExtra
+from stjax.errors import MissingExtra, UserError
+
+
+class MetricsWriteError(UserError):
+    """metrics.jsonl or the TensorBoard events could not be written (a full or read-only disk)."""
 
 
 @dataclasses.dataclass
@@ -43,49 +51,109 @@ def flat_hparams(config: dict, prefix: str = "") -> dict[str, float | int | str 
     return flat
 
 
+class EventFile:
+    """One TensorBoard event file, written and flushed in the caller's thread."""
+
+    def __init__(self, directory: Path):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._writer = EventsWriter(str(directory / "events"))
+
+    def add(self, summaries: list, step: int | None = None) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        for summary in summaries:
+            event = Event(wall_time=time.time(), summary=summary)
+            if step is not None:
+                event.step = step
+            self._writer.write_event(event)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class MetricsLog:
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, wandb: WandbSection | None = None,
                  config: dict | None = None):
         self.enabled = jax.process_index() == 0
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.config, self.last = config, None
+        self.tensorboard_dir = Path(run_dir) / "tensorboard"
+        self.config, self.last, self.failed = config, None, False
         self._file = self._tb = self._wandb = None
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a")
+        with self._writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a")
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            from tensorboardX.summary import text
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-            if config is not None:
-                self._tb.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```")
+            with self._writing(self.tensorboard_dir):
+                self._tb = EventFile(self.tensorboard_dir)
+                if config is not None:
+                    self._tb.add([text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```")])
         if wandb is not None:
             self._wandb = _wandb_run(wandb, Path(run_dir), config)
 
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """An OSError (out of space, read-only, permissions) becomes one MetricsWriteError
+        naming `path`; the log stops writing (closing it then only releases the files)."""
+        try:
+            yield
+        except OSError as e:
+            self.failed = True
+            why = f"{e.strerror or e} (errno {e.errno})" if e.errno is not None else str(e)
+            raise MetricsWriteError(f"{path}: could not be written: {why}") from None
+
     def write(self, record: dict) -> None:
-        if not self.enabled:
+        if not self.enabled or self.failed:
             return
         self.last = record
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with self._writing(self.path):
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(_tag(key), value, record["step"])
+            from tensorboardX.summary import scalar
+
+            with self._writing(self.tensorboard_dir):
+                self._tb.add([scalar(_tag(key), value) for key, value in record.items()
+                              if key != "step" and isinstance(value, (int, float))], record["step"])
         if self._wandb is not None:
             self._wandb.log({_tag(k): v for k, v in record.items() if k != "step"}, step=record["step"])
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self._tb is not None:
-            if self.config is not None and self.last is not None:
-                final = {f"final/{k}": v for k, v in self.last.items() if k in ("loss", "ce", "kl", "step")}
-                self._tb.add_hparams(flat_hparams(self.config), final, name="hparams")
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+    def close(self, *, final: bool = True) -> None:
+        """Writes the hyperparameters with the final metrics (when the run ended well: `final`)
+        and closes every file; raises MetricsWriteError when that fails, unless a failure was
+        reported already."""
+        try:
+            if final and self._tb is not None and not self.failed and self.config is not None and self.last is not None:
+                self._hparams()
+        finally:
+            for handle, path in ((self._file, self.path), (self._tb, self.tensorboard_dir)):
+                if handle is not None:
+                    with contextlib.suppress(OSError) if self.failed else self._writing(path):
+                        handle.close()
+            self._file = self._tb = None
+            if self._wandb is not None:
+                self._wandb.finish()
+                self._wandb = None
+
+    def _hparams(self) -> None:
+        """TensorBoard's hparams view: the flat config and the final loss terms, in `hparams/`."""
+        from tensorboardX.summary import hparams, scalar
+
+        final = {f"final/{k}": v for k, v in self.last.items() if k in ("loss", "ce", "kl", "step")}
+        with self._writing(self.tensorboard_dir / "hparams"):
+            events = EventFile(self.tensorboard_dir / "hparams")
+            try:
+                events.add(list(hparams(flat_hparams(self.config), final)))
+                events.add([scalar(k, v) for k, v in final.items()])
+            finally:
+                events.close()
 
 
 def _tag(key: str) -> str:

@@ -22,7 +22,7 @@ from stjax.errors import UserError
 from stjax.logs import get_logger
 from stjax.training.agreement import StopAgreement
 from stjax.training.checkpointing import Checkpointer, CheckpointWriteError, is_damage
-from stjax.training.metrics_log import MetricsLog, WandbSection
+from stjax.training.metrics_log import MetricsLog, MetricsWriteError, WandbSection
 from stjax.training.preemption import StopRequest
 from stjax.training.program import TrainProgram
 from stjax.training.step import TrainState
@@ -112,6 +112,10 @@ class Trainer:
             if self.on_end is not None:
                 self.on_end()
 
+    def _unwritten_metrics(self, error: MetricsWriteError) -> MetricsWriteError:
+        """The metrics' write failure, with where a rerun resumes."""
+        return MetricsWriteError(f"{error}; {self.checkpointer.resumes_from()}")
+
     def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
 
@@ -119,7 +123,10 @@ class Trainer:
             self.on_start()
         start = self.maybe_resume()
         cfg = self.settings
-        log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=cfg.hparams)
+        try:
+            log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=cfg.hparams)
+        except MetricsWriteError as e:
+            raise self._unwritten_metrics(e) from None
         bar = tqdm(total=cfg.total_steps, initial=start, unit="step", desc="train", dynamic_ncols=True,
                    disable=not cfg.progress or jax.process_index() != 0)
         losses: list[float] = []
@@ -201,16 +208,26 @@ class Trainer:
                         break
                 if pending is not None:
                     settle(pending)
-        except BaseException:  # the error in flight is the one to report; a failed save is logged
+        except BaseException as error:  # the error in flight is the one to report; a failed save is logged
+            failure = error
             try:
                 self.checkpointer.close()
             except CheckpointWriteError as e:
                 logger.warning(str(e))
+            if isinstance(error, MetricsWriteError):
+                raise self._unwritten_metrics(error) from None
             raise
         else:
+            failure = None
             self.checkpointer.close()
         finally:
             bar.close()
-            log.close()
+            try:
+                log.close(final=failure is None)
+            except MetricsWriteError as e:
+                if failure is not None:
+                    logger.warning(str(e))
+                else:
+                    raise self._unwritten_metrics(e) from None
         export_dir = None if stopped_by or self.export is None else self.export(self.trained_model())
         return TrainResult(step, stopped_by, losses, export_dir)
