@@ -85,6 +85,8 @@ CASES = [  # (overrides, expected text of the one line); {b} is the broken-files
     (["loss.kind=pact", "loss.safety_tokens={b}/safety_bad_json"], "safety_tokens.json: not valid JSON"),
     (["loss.kind=pact", "loss.safety_tokens={b}/safety_out_of_vocab"], "tensor 'ids' must hold token ids in 0..1023"),
     (["lora.targets=[all-linears]"], "'lora.targets': unknown module(s) ['all-linears']"),
+    (["model.attention=cudnn"], "model.attention: cudnn runs on NVIDIA GPUs, and this process sees cpu devices"),
+    (["model.attention=flash"], "model.attention: unknown kernel 'flash' (known: auto, cudnn, xla"),
 ]
 
 

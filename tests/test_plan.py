@@ -36,6 +36,26 @@ def test_topologies(name, family, chips):
     assert t.chip.hbm_gib == {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}[family]
 
 
+def test_gpu_topologies_count_the_memory_jax_preallocates(monkeypatch, capsys):
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    t = plan.parse_topology("h100-8")
+    assert (t.chip.family, t.chips, t.chip.gpu, t.chip.peak_tflops) == ("h100", 8, True, 989)
+    assert t.hbm_bytes == pytest.approx(0.75 * 79.6 * 2**30)  # jax's default preallocation
+    assert plan.parse_topology("a100_40gb-4").hbm_bytes == pytest.approx(30 * 2**30)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+    assert t.hbm_bytes == pytest.approx(0.95 * 79.6 * 2**30) and "0.95 of 79.6 GiB" in t.memory_text
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "most")
+    with pytest.raises(ConfigKeyError, match=r"XLA_PYTHON_CLIENT_MEM_FRACTION='most': expected a number in \(0, 1\]"):
+        t.hbm_bytes
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
+    config = str(ROOT / "configs" / "llama31_8b_sst2_pact.yaml")  # the paper's run on one H100: LoRA, remat full
+    assert plan_cli.main(["--config", config, "--topology", "h100-1", "--examples", "5000", "--seq-len", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "on h100-1: 1 x h100 GPUs, 59.7 GiB usable (0.75 of 79.6 GiB" in out and "fits:" in out
+    assert plan_cli.main(["--config", config, "--topology", "h100-8", "--compile"]) == 0
+    assert "XLA compile-only check: not run (compile-only checks are for TPU slices" in capsys.readouterr().out
+
+
 def test_unknown_topology_is_one_line():
     with pytest.raises(ConfigKeyError, match="--topology 'tpu-8'"):
         plan.parse_topology("tpu-8")

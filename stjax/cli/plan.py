@@ -27,7 +27,8 @@ from stjax.cli.common import resolve_locations
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="stjax plan", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML training config")
-    parser.add_argument("--topology", default="v5e-8", help="TPU slice, e.g. v4-8, v5e-8, v5p-8, v6e-8 (default v5e-8)")
+    parser.add_argument("--topology", default="v5e-8", help="a TPU slice (v4-8, v5e-8, v5p-8, v6e-8) or NVIDIA GPUs "
+                        "(h100-1, h100-8, h200-8, a100-8, a100_40gb-8, l40s-4, l4-1); default v5e-8")
     parser.add_argument("--model-config", help="a config.json for the model (default: model.path's, or embedded)")
     parser.add_argument("--seq-len", type=float, help="mean padded batch width for time estimates (default: "
                         "estimated from the data's characters when local, else max_len)")
@@ -66,7 +67,10 @@ def main(argv: list[str]) -> int:
         est.seq_len_source = seq_source
     knobs = suggestions(config, topology, model_config, est, **kwargs)
     compiled = None
-    if args.compile:
+    if args.compile and topology.chip.gpu:
+        compiled = ("not run (compile-only checks are for TPU slices; on GPUs, `stjax train` with "
+                    "train.max_steps=1 on one card measures the real peak)")
+    elif args.compile:
         try:
             import libtpu  # noqa: F401
         except ImportError:

@@ -1,9 +1,20 @@
-"""Attention kernels, selected by name in the model config (`attention: xla`).
+"""Attention kernels, selected by name in the model config (`model.attention`).
 
 A kernel takes q [B, T, heads, D], k/v [B, S, kv_heads, D] (grouped-query heads are
 shared by the kernel), a boolean mask [B, 1, T, S] (True = may attend) and the softmax
-scale, and returns [B, T, heads, D]. `register_attention` lets a platform kernel (TPU
-splash/flash attention, a cuDNN build) replace the default without touching the model.
+scale, and returns [B, T, heads, D]. Two keywords describe the mask when a kernel can use
+them instead: `lengths` [B] when each row's real tokens are its first `lengths` positions and
+no cache is in use (training and scoring batches: the mask is then causal over those keys),
+and `window`, the layer's sliding window (None: full). `register_attention` lets a platform
+kernel (TPU splash attention, a custom GPU kernel) replace the default without touching the
+model.
+
+- `xla`: the dense mask, any backend, any dtype.
+- `cudnn`: cuDNN fused (flash) attention, on NVIDIA GPUs, bfloat16 or float16: a causal
+  kernel with per-row lengths where they are given (no [B, T, S] mask is built); XLA with the
+  mask elsewhere (generation with a cache: left-padded prompts, one query per decode step).
+- `auto` (the default): `cudnn` on a GPU when the compute dtype and head size allow it,
+  `xla` everywhere else (CPU, TPU).
 """
 
 from __future__ import annotations
@@ -13,9 +24,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, float], jax.Array]
+from stjax.errors import UserError
+
+AttentionFn = Callable[..., jax.Array]  # (q, k, v, mask, scale, *, lengths=None, window=None) -> out
 
 _KERNELS: dict[str, AttentionFn] = {}
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128  # cuDNN's flash kernels: head sizes up to 128, multiples of 8
 
 
 def register_attention(name: str, fn: AttentionFn) -> None:
@@ -28,15 +43,51 @@ def get_attention(name: str) -> AttentionFn:
     return _KERNELS[name]
 
 
-def _dot_product(implementation: str | None) -> AttentionFn:
-    def attend(q, k, v, mask, scale):
+def resolve_attention(name: str, compute_dtype: str, head_dim: int, backend: str | None = None) -> str:
+    """The kernel `name` stands for: `auto` -> `cudnn` on a GPU where cuDNN supports the
+    compute dtype and head size, else `xla`. An explicit `cudnn` where it cannot run is refused."""
+    backend = backend or jax.default_backend()
+    dtype = jnp.dtype(compute_dtype).name
+    fits = dtype in CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
+    if name == "auto":
+        return "cudnn" if backend in ("gpu", "cuda") and fits else "xla"
+    if name == "cudnn" and backend not in ("gpu", "cuda"):
+        raise UserError(f"model.attention: cudnn runs on NVIDIA GPUs, and this process sees {backend} devices; "
+                        "install jax's GPU build (pip install 'stjax[cuda]') or use attention: auto")
+    if name == "cudnn" and not fits:
+        raise UserError(f"model.attention: cudnn needs compute dtype {' or '.join(CUDNN_DTYPES)} and a head size "
+                        f"up to {CUDNN_MAX_HEAD_DIM} (a multiple of 8), got {dtype} and {head_dim}; "
+                        "use attention: auto or xla")
+    if name not in _KERNELS:
+        raise UserError(f"model.attention: unknown kernel {name!r} (known: auto, {', '.join(sorted(_KERNELS))})")
+    return name
+
+
+def _dense(implementation: str) -> AttentionFn:
+    """The mask as given (every backend)."""
+    def attend(q, k, v, mask, scale, *, lengths=None, window=None):
         return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
 
     return attend
 
 
-register_attention("xla", _dot_product("xla"))
-register_attention("cudnn", _dot_product("cudnn"))
+def _causal_lengths(implementation: str) -> AttentionFn:
+    """A causal kernel over each row's first `lengths` keys (and the sliding window) when the
+    caller gives lengths; XLA with the dense mask otherwise. `_causal_lengths("xla")` computes
+    what the cuDNN kernel does, on any backend (the tests compare it with the dense mask)."""
+    def attend(q, k, v, mask, scale, *, lengths=None, window=None):
+        if lengths is None:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+        # padding queries (at or after a row's length) see the row's real keys: never an empty row
+        return jax.nn.dot_product_attention(
+            q, k, v, scale=scale, is_causal=True, key_value_seq_lengths=lengths.astype(jnp.int32),
+            local_window_size=None if window is None else (window - 1, 0), implementation=implementation)
+
+    return attend
+
+
+register_attention("xla", _dense("xla"))
+register_attention("cudnn", _causal_lengths("cudnn"))
 
 
 def causal_mask(

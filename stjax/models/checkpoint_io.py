@@ -161,7 +161,7 @@ def load_into(
     return nnx.merge(graphdef, state)
 
 
-def runtime_options(dtype=jnp.float32, compute_dtype=None, remat: str = "none", attention: str = "xla") -> dict:
+def runtime_options(dtype=jnp.float32, compute_dtype=None, remat: str = "none", attention: str = "auto") -> dict:
     """The ModelConfig fields a loader takes from its caller rather than the checkpoint."""
     return dict(param_dtype=jnp.dtype(dtype).name, compute_dtype=jnp.dtype(compute_dtype or dtype).name,
                 remat=remat, attention=attention)
@@ -175,7 +175,7 @@ def from_pretrained(
     mesh: Mesh | None = None,
     rules: Rules = DEFAULT_RULES,
     remat: str = "none",
-    attention: str = "xla",
+    attention: str = "auto",
 ) -> CausalLM:
     """Loads a Hub-format directory (config.json + safetensors), or a Hub id through the
     Hugging Face cache, onto the mesh.

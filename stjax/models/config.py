@@ -50,7 +50,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: str = "none"
-    attention: str = "xla"
+    attention: str = "auto"  # auto: cuDNN flash attention on GPUs, XLA elsewhere (stjax.models.attention)
     # The checkpoint's config.json as read, so a save writes back every key it had.
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 

@@ -22,7 +22,7 @@ class ModelSection:
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # parameter storage
     compute_dtype: Literal["float32", "bfloat16"] | None = None  # defaults to dtype
     remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
-    attention: str = "xla"
+    attention: str = "auto"  # auto: cuDNN flash attention on GPUs, XLA elsewhere (stjax.models.attention)
 
     def local_path(self) -> str:
         """The model folder: `path` itself, or the Hub id's snapshot in the Hugging Face cache."""

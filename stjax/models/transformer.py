@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stjax.models.attention import causal_mask, get_attention
+from stjax.models.attention import causal_mask, get_attention, resolve_attention
 from stjax.models.config import ModelConfig
 from stjax.models.rope import apply_rope, inverse_frequencies
 
@@ -112,9 +112,9 @@ class Attention(nnx.Module):
         self.window = c.sliding_windows[layer] if c.sliding_windows else None
         self.inv_freq = tuple(inverse_frequencies(c).tolist())  # static, hashable
         self.scale = 1.0 / math.sqrt(H)
-        self.kernel = get_attention(c.attention)
+        self.kernel = get_attention(resolve_attention(c.attention, c.compute_dtype, H))
 
-    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None):
+    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None, lengths=None):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -125,7 +125,8 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, offset, 0, 0))
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, offset, 0, 0))
         mask = causal_mask(query_slots, key_valid, self.window)
-        out = self.kernel(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.scale)
+        out = self.kernel(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.scale,
+                          lengths=None if cache_kv is not None else lengths, window=self.window)
         return self.o_proj(out), (k, v)
 
 
@@ -149,15 +150,16 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None):
-        attn, kv = self.self_attn(self.input_layernorm(x), positions, query_slots, key_valid, cache_kv, offset)
+    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None, lengths=None):
+        attn, kv = self.self_attn(self.input_layernorm(x), positions, query_slots, key_valid, cache_kv, offset,
+                                  lengths)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv
 
 
-def _call_layer(layer, x, positions, query_slots, key_valid, cache_kv, offset):
-    return layer(x, positions, query_slots, key_valid, cache_kv, offset)
+def _call_layer(layer, x, positions, query_slots, key_valid, cache_kv, offset, lengths):
+    return layer(x, positions, query_slots, key_valid, cache_kv, offset, lengths)
 
 
 class CausalLM(nnx.Module):
@@ -192,11 +194,14 @@ class CausalLM(nnx.Module):
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        lengths: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final (normed) hidden states [B, L, D] and the updated cache.
 
         attention_mask [B, L] marks real tokens (left padding allowed); positions default
-        to the count of real tokens before each one.
+        to the count of real tokens before each one. `lengths` [B] says the real tokens of
+        each row are its first `lengths` (right padding only; the mask must agree): kernels
+        that take lengths instead of a mask (cuDNN) use them when no cache is given.
         """
         B, L = tokens.shape
         if attention_mask is None:
@@ -215,7 +220,7 @@ class CausalLM(nnx.Module):
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = self._layer_fn(layer, x, positions, query_slots, key_valid, cache_kv, offset)
+            x, (k, v) = self._layer_fn(layer, x, positions, query_slots, key_valid, cache_kv, offset, lengths)
             new_keys.append(k)
             new_values.append(v)
         x = self.norm(x)

@@ -20,8 +20,8 @@ def report(config, est: Estimate, source: str, knobs: list[tuple[str, Estimate]]
     t = est.topology
     m = est.mesh
     lines = [
-        (f"plan: {config.model.path} ({source}) on {t.name}: {t.chips} x {t.chip.family} chips, "
-         f"{t.chip.hbm_gib:g} GiB HBM and {t.chip.peak_tflops:g} bf16 TFLOP/s each"),
+        (f"plan: {config.model.path} ({source}) on {t.name}: {t.chips} x {t.chip.family} "
+         f"{'GPUs' if t.chip.gpu else 'chips'}, {t.memory_text} and {t.chip.peak_tflops:g} bf16 TFLOP/s each"),
         (f"  mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}; "
          f"batch {config.train.batch_size} (grad_accum {config.train.grad_accum}, "
          f"{rows_per_chip(config, m):g} rows/chip/micro-batch) x max_len {config.data.max_len}; dtype {config.model.dtype}; "
@@ -35,7 +35,7 @@ def report(config, est: Estimate, source: str, knobs: list[tuple[str, Estimate]]
     for part, value in est.memory.items():
         lines.append(f"  {part:<52} {_gib(value)}")
     total = est.total_bytes
-    lines.append(f"  {'total':<52} {_gib(total)}   ({total / t.hbm_bytes:.0%} of {t.chip.hbm_gib:g} GiB)")
+    lines.append(f"  {'total':<52} {_gib(total)}   ({total / t.hbm_bytes:.0%} of {t.hbm_bytes / GiB:.1f} GiB)")
     if isinstance(compiled, dict):
         lines.append(f"  {'XLA compiled for ' + t.name + ': peak':<52} {_gib(compiled['peak'])}   (arguments "
                      f"{compiled['arguments'] / GiB:.2f}, temporaries {compiled['temporaries'] / GiB:.2f} GiB)")
@@ -48,12 +48,12 @@ def report(config, est: Estimate, source: str, knobs: list[tuple[str, Estimate]]
     if est.errors:
         lines.append("no fit verdict until the errors above are fixed.")
     elif peak > t.hbm_bytes:
-        lines.append(f"WARNING: will NOT fit: {peak / GiB:.1f} GiB per chip > {t.chip.hbm_gib:g} GiB HBM on {t.name}.")
+        lines.append(f"WARNING: will NOT fit: {peak / GiB:.1f} GiB per chip > {t.memory_text} on {t.name}.")
     elif peak > FIT_FRACTION * t.hbm_bytes:
         lines.append(f"WARNING: tight: {peak / GiB:.1f} GiB per chip is over {FIT_FRACTION:.0%} of "
-                     f"{t.chip.hbm_gib:g} GiB HBM; XLA scratch and fragmentation may not fit.")
+                     f"{t.memory_text}; XLA scratch and fragmentation may not fit.")
     else:
-        lines.append(f"fits: {peak / GiB:.1f} of {t.chip.hbm_gib:g} GiB per chip.")
+        lines.append(f"fits: {peak / GiB:.1f} of {t.hbm_bytes / GiB:.1f} GiB per chip.")
     if knobs and (est.errors or peak > FIT_FRACTION * t.hbm_bytes):
         lines.append("  knobs (one change each -> total per chip):")
         for text, k in sorted(knobs, key=lambda kv: kv[1].total_bytes):

@@ -46,11 +46,16 @@ def split_model(model: nnx.Module, trainable) -> tuple[nnx.GraphDef, nnx.State, 
     return nnx.split(model, trainable, ...)
 
 
+def right_padded_hidden(model, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Hidden states of right-padded rows (every training, eval and reference batch): their
+    lengths let a length-aware kernel (cuDNN) skip the dense mask."""
+    return model.hidden_states(tokens, attention_mask=attention_mask, lengths=attention_mask.sum(axis=1))[0]
+
+
 def forward(graphdef, params, frozen: Frozen, batch, dropout_key) -> ModelOutputs:
     # A fresh dropout key per step and micro-batch, so runs are reproducible and resume exactly.
     model = nnx.merge(graphdef, params, with_dropout_keys(frozen.rest, dropout_key))
-    hidden, _ = model.hidden_states(batch["inputs"], attention_mask=batch["attention_mask"])
-    return ModelOutputs(hidden, model.output_weights())
+    return ModelOutputs(right_padded_hidden(model, batch["inputs"], batch["attention_mask"]), model.output_weights())
 
 
 def make_reference(graphdef, params, frozen: Frozen) -> Reference:
@@ -60,7 +65,7 @@ def make_reference(graphdef, params, frozen: Frozen) -> Reference:
     model.eval()  # no dropout in the reference
 
     def hidden(tokens, attention_mask):
-        return jax.lax.stop_gradient(model.hidden_states(tokens, attention_mask=attention_mask)[0])
+        return jax.lax.stop_gradient(right_padded_hidden(model, tokens, attention_mask))
 
     return Reference(hidden, lambda columns=None: jax.lax.stop_gradient(model.output_weights(columns)))
 
@@ -124,7 +129,7 @@ def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn, *, reference_fn: Ref
     def eval_step(params, frozen: Frozen, batch: dict):
         model = nnx.merge(graphdef, params, frozen.rest)
         model.eval()
-        hidden, _ = model.hidden_states(batch["inputs"], attention_mask=batch["attention_mask"])
+        hidden = right_padded_hidden(model, batch["inputs"], batch["attention_mask"])
         refs = batch if reference_fn is None else reference_fn(make_reference(graphdef, params, frozen), batch)
         loss_sum, count, metrics = loss_fn(ModelOutputs(hidden, model.output_weights()), batch, refs)
         return {"loss": loss_sum, "tokens": count, **metrics}
