@@ -38,32 +38,37 @@ def length_kernel():
 
 
 def test_auto_picks_cudnn_on_gpus_where_it_runs_and_xla_elsewhere():
-    assert resolve_attention("auto", "bfloat16", 64, backend="gpu") == "cudnn"
-    assert resolve_attention("auto", "float16", 128, backend="gpu") == "cudnn"
-    assert resolve_attention("auto", "float32", 64, backend="gpu") == "xla"  # cuDNN's flash kernels: 16-bit only
-    assert resolve_attention("auto", "bfloat16", 256, backend="gpu") == "xla"
-    assert resolve_attention("auto", "bfloat16", 24, backend="gpu") == "cudnn"
-    assert resolve_attention("auto", "bfloat16", 20, backend="gpu") == "xla"
-    for backend in ("cpu", "tpu"):
-        assert resolve_attention("auto", "bfloat16", 64, backend=backend) == "xla"
-    assert resolve_attention("auto", "float32", 64) == "xla"  # this machine
-    assert resolve_attention("xla", "bfloat16", 64, backend="gpu") == "xla"  # an explicit choice stays
-    assert resolve_attention("cudnn", "bfloat16", 64, backend="gpu") == "cudnn"
-    with pytest.raises(UserError, match=r"model.attention: cudnn runs on NVIDIA GPUs, and this process sees cpu "
-                                        r"devices; install jax's GPU build \(pip install 'stjax\[cuda\]'\)"):
-        resolve_attention("cudnn", "bfloat16", 64)
+    h100, v100, no_gpu = 9.0, 7.0, None  # compute capabilities; None: CPU, TPU or a ROCm GPU
+    assert resolve_attention("auto", "bfloat16", 64, h100) == "cudnn"
+    assert resolve_attention("auto", "float16", 128, 8.0) == "cudnn"
+    assert resolve_attention("auto", "bfloat16", 64, v100) == "xla"  # before Ampere: no flash kernels
+    assert resolve_attention("auto", "float32", 64, h100) == "xla"  # cuDNN's flash kernels: 16-bit only
+    assert resolve_attention("auto", "bfloat16", 256, h100) == "xla"
+    assert resolve_attention("auto", "bfloat16", 24, h100) == "cudnn"
+    assert resolve_attention("auto", "bfloat16", 20, h100) == "xla"
+    assert resolve_attention("auto", "bfloat16", 64, no_gpu) == "xla"
+    if jax.default_backend() == "cpu":
+        assert resolve_attention("auto", "bfloat16", 64) == "xla"  # this machine's devices
+    assert resolve_attention("xla", "bfloat16", 64, h100) == "xla"  # an explicit choice stays
+    assert resolve_attention("cudnn", "bfloat16", 64, h100) == "cudnn"
+    with pytest.raises(UserError, match=r"model.attention: cudnn runs on NVIDIA GPUs of compute capability 8 or "
+                                        r"later, and this process sees no NVIDIA GPU; install jax's GPU build "
+                                        r"\(pip install 'stjax\[cuda\]'\)"):
+        resolve_attention("cudnn", "bfloat16", 64, no_gpu)
+    with pytest.raises(UserError, match=r"sees a GPU of compute capability 7"):
+        resolve_attention("cudnn", "bfloat16", 64, v100)
     with pytest.raises(UserError, match=r"model.attention: cudnn needs compute dtype bfloat16 or float16 .* got "
                                         r"float32 and 64"):
-        resolve_attention("cudnn", "float32", 64, backend="gpu")
+        resolve_attention("cudnn", "float32", 64, h100)
     with pytest.raises(UserError, match=r"model.attention: unknown kernel 'flash'"):
-        resolve_attention("flash", "bfloat16", 64)
+        resolve_attention("flash", "bfloat16", 64, h100)
 
 
 @pytest.mark.parametrize("window", [None, 3])
 def test_the_length_kernel_equals_the_dense_mask_at_real_positions(window):
     B, T, N, K, H = 3, 10, 4, 2, 16
     q, k, v = (jax.random.normal(jax.random.key(i), (B, T, n, H)) for i, n in enumerate((N, K, K)))
-    lengths = jnp.array([10, 6, 1])
+    lengths = jnp.array([10, 6, 0])  # a full row, a padded one, a padding row (no real token)
     valid = jnp.arange(T)[None, :] < lengths[:, None]
     mask = causal_mask(jnp.arange(T), valid, window)
     dense = get_attention("xla")(q, k, v, mask, 0.25)
@@ -71,7 +76,10 @@ def test_the_length_kernel_equals_the_dense_mask_at_real_positions(window):
     by_length = get_attention("xla_lengths")(q, k, v, mask, 0.25, lengths=lengths, window=window)
     real = np.asarray(valid)
     np.testing.assert_allclose(np.asarray(by_length)[real], np.asarray(dense)[real], atol=1e-6)
-    assert np.isfinite(np.asarray(by_length)).all()  # padding queries see the row's keys: no empty softmax
+    assert np.isfinite(np.asarray(by_length)).all()  # padding queries (and a row of none) stay finite
+    grads = jax.grad(lambda q: (get_attention("xla_lengths")(q, k, v, mask, 0.25, lengths=lengths, window=window)
+                                * valid[..., None, None]).sum())(q)
+    assert np.isfinite(np.asarray(grads)).all() and not np.asarray(grads)[~real].any()
     no_lengths = get_attention("xla_lengths")(q, k, v, mask, 0.25, window=window)  # no lengths: the mask
     np.testing.assert_allclose(np.asarray(no_lengths), np.asarray(dense), atol=1e-6)
 

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
 import pytest
 
 import stjax.toy  # noqa: F401  registers toy://
@@ -85,7 +86,9 @@ CASES = [  # (overrides, expected text of the one line); {b} is the broken-files
     (["loss.kind=pact", "loss.safety_tokens={b}/safety_bad_json"], "safety_tokens.json: not valid JSON"),
     (["loss.kind=pact", "loss.safety_tokens={b}/safety_out_of_vocab"], "tensor 'ids' must hold token ids in 0..1023"),
     (["lora.targets=[all-linears]"], "'lora.targets': unknown module(s) ['all-linears']"),
-    (["model.attention=cudnn"], "model.attention: cudnn runs on NVIDIA GPUs, and this process sees cpu devices"),
+    (["model.attention=cudnn"], "model.attention: cudnn runs on NVIDIA GPUs of compute capability 8 or later, and "
+                                "this process sees no NVIDIA GPU" if jax.default_backend() != "gpu" else
+                                "model.attention: cudnn needs compute dtype bfloat16 or float16"),  # the config: float32
     (["model.attention=flash"], "model.attention: unknown kernel 'flash' (known: auto, cudnn, xla"),
 ]
 

@@ -133,3 +133,16 @@ def test_validation_kl_of_pact_cached_equals_online(tmp_path):
     assert out["cached"]["eval_kl"] > 0
     for key in ("eval_loss", "eval_kl", "eval_gate", "eval_ce"):
         assert abs(out["cached"][key] - out["online"][key]) <= 2e-5 * abs(out["online"][key]) + 1e-7, key
+
+
+def test_a_line_cut_short_by_a_full_disk_is_dropped_when_the_log_reopens(tmp_path):
+    from stjax.training.metrics_log import MetricsLog
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.write({"step": 2, "loss": 1.5})
+    log.close()
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, ')  # no complete line at all
+    MetricsLog(tmp_path, tensorboard=False).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""

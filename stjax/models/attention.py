@@ -13,8 +13,8 @@ model.
 - `cudnn`: cuDNN fused (flash) attention, on NVIDIA GPUs, bfloat16 or float16: a causal
   kernel with per-row lengths where they are given (no [B, T, S] mask is built); XLA with the
   mask elsewhere (generation with a cache: left-padded prompts, one query per decode step).
-- `auto` (the default): `cudnn` on a GPU when the compute dtype and head size allow it,
-  `xla` everywhere else (CPU, TPU).
+- `auto` (the default): `cudnn` on an NVIDIA GPU of compute capability 8.0 or later when the
+  compute dtype and head size allow it, `xla` everywhere else (CPU, TPU, older or ROCm GPUs).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ AttentionFn = Callable[..., jax.Array]  # (q, k, v, mask, scale, *, lengths=None
 _KERNELS: dict[str, AttentionFn] = {}
 CUDNN_DTYPES = ("bfloat16", "float16")
 CUDNN_MAX_HEAD_DIM = 128  # cuDNN's flash kernels: head sizes up to 128, multiples of 8
+CUDNN_MIN_CAPABILITY = 8.0  # Ampere (A100, L4, ...) and later
 
 
 def register_attention(name: str, fn: AttentionFn) -> None:
@@ -43,17 +44,35 @@ def get_attention(name: str) -> AttentionFn:
     return _KERNELS[name]
 
 
-def resolve_attention(name: str, compute_dtype: str, head_dim: int, backend: str | None = None) -> str:
-    """The kernel `name` stands for: `auto` -> `cudnn` on a GPU where cuDNN supports the
-    compute dtype and head size, else `xla`. An explicit `cudnn` where it cannot run is refused."""
-    backend = backend or jax.default_backend()
+DETECT = object()  # resolve_attention: read the CUDA capability of this process's first device
+
+
+def cuda_capability() -> float | None:
+    """The compute capability of this process's first device when it is an NVIDIA GPU
+    (None for CPUs, TPUs and ROCm GPUs)."""
+    device = jax.devices()[0]
+    if device.platform != "gpu" or "cuda" not in str(getattr(device.client, "platform_version", "")).lower():
+        return None
+    capability = getattr(device, "compute_capability", None)
+    return float(capability) if capability else None
+
+
+def resolve_attention(name: str, compute_dtype: str, head_dim: int, capability=DETECT) -> str:
+    """The kernel `name` stands for: `auto` -> `cudnn` on an NVIDIA GPU of compute capability
+    8.0 or later (Ampere on: cuDNN's flash kernels) where the compute dtype and head size fit,
+    else `xla`. An explicit `cudnn` where it cannot run is refused. `capability`: the GPU's
+    (None: not an NVIDIA GPU); read from the devices unless given."""
+    capability = cuda_capability() if capability is DETECT else capability
     dtype = jnp.dtype(compute_dtype).name
     fits = dtype in CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
+    on_gpu = capability is not None and capability >= CUDNN_MIN_CAPABILITY
     if name == "auto":
-        return "cudnn" if backend in ("gpu", "cuda") and fits else "xla"
-    if name == "cudnn" and backend not in ("gpu", "cuda"):
-        raise UserError(f"model.attention: cudnn runs on NVIDIA GPUs, and this process sees {backend} devices; "
-                        "install jax's GPU build (pip install 'stjax[cuda]') or use attention: auto")
+        return "cudnn" if on_gpu and fits else "xla"
+    if name == "cudnn" and not on_gpu:
+        seen = "no NVIDIA GPU" if capability is None else f"a GPU of compute capability {capability:g}"
+        raise UserError(f"model.attention: cudnn runs on NVIDIA GPUs of compute capability "
+                        f"{CUDNN_MIN_CAPABILITY:g} or later, and this process sees {seen}; install jax's GPU build "
+                        "(pip install 'stjax[cuda]') or use attention: auto")
     if name == "cudnn" and not fits:
         raise UserError(f"model.attention: cudnn needs compute dtype {' or '.join(CUDNN_DTYPES)} and a head size "
                         f"up to {CUDNN_MAX_HEAD_DIM} (a multiple of 8), got {dtype} and {head_dim}; "
@@ -78,9 +97,11 @@ def _causal_lengths(implementation: str) -> AttentionFn:
     def attend(q, k, v, mask, scale, *, lengths=None, window=None):
         if lengths is None:
             return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
-        # padding queries (at or after a row's length) see the row's real keys: never an empty row
+        # queries at or after a row's length are padding: the kernel masks them out as well
+        # (their outputs are never read), so rows of length 0 are well defined too
+        lengths = lengths.astype(jnp.int32)
         return jax.nn.dot_product_attention(
-            q, k, v, scale=scale, is_causal=True, key_value_seq_lengths=lengths.astype(jnp.int32),
+            q, k, v, scale=scale, is_causal=True, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
             local_window_size=None if window is None else (window - 1, 0), implementation=implementation)
 
     return attend

@@ -14,6 +14,9 @@ import dataclasses
 import hashlib
 import contextlib
 import json
+import os
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Literal
@@ -52,14 +55,24 @@ def flat_hparams(config: dict, prefix: str = "") -> dict[str, float | int | str 
 
 
 class EventFile:
-    """One TensorBoard event file, written and flushed in the caller's thread."""
+    """One TensorBoard event file (TFRecord framing), written in the caller's thread: each
+    `add` reaches the operating system at once (flushed, not synced; closing syncs)."""
 
     def __init__(self, directory: Path):
-        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
 
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self._writer = EventsWriter(str(directory / "events"))
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+        self._file = (directory / name).open("ab")
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event) -> None:
+        from tensorboardX.record_writer import masked_crc32c
+
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._file.write(header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data)))
 
     def add(self, summaries: list, step: int | None = None) -> None:
         from tensorboardX.proto.event_pb2 import Event
@@ -68,11 +81,15 @@ class EventFile:
             event = Event(wall_time=time.time(), summary=summary)
             if step is not None:
                 event.step = step
-            self._writer.write_event(event)
-        self._writer.flush()
+            self._write(event)
+        self._file.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
 
 
 class MetricsLog:
@@ -87,16 +104,22 @@ class MetricsLog:
             return
         with self._writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _drop_partial_line(self.path)
             self._file = self.path.open("a")
-        if tensorboard:
-            from tensorboardX.summary import text
+        try:
+            if tensorboard:
+                from tensorboardX.summary import text
 
-            with self._writing(self.tensorboard_dir):
-                self._tb = EventFile(self.tensorboard_dir)
-                if config is not None:
-                    self._tb.add([text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```")])
-        if wandb is not None:
-            self._wandb = _wandb_run(wandb, Path(run_dir), config)
+                with self._writing(self.tensorboard_dir):
+                    self._tb = EventFile(self.tensorboard_dir)
+                    if config is not None:
+                        self._tb.add([text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```")])
+            if wandb is not None:
+                self._wandb = _wandb_run(wandb, Path(run_dir), config)
+        except BaseException:
+            self.failed = True
+            self.close()
+            raise
 
     @contextlib.contextmanager
     def _writing(self, path: Path):
@@ -133,14 +156,20 @@ class MetricsLog:
             if final and self._tb is not None and not self.failed and self.config is not None and self.last is not None:
                 self._hparams()
         finally:
+            first = None  # every file is closed; the first failure is raised after
             for handle, path in ((self._file, self.path), (self._tb, self.tensorboard_dir)):
                 if handle is not None:
-                    with contextlib.suppress(OSError) if self.failed else self._writing(path):
-                        handle.close()
+                    try:
+                        with contextlib.suppress(OSError) if self.failed else self._writing(path):
+                            handle.close()
+                    except MetricsWriteError as e:
+                        first = first or e
             self._file = self._tb = None
             if self._wandb is not None:
                 self._wandb.finish()
                 self._wandb = None
+            if first is not None:
+                raise first
 
     def _hparams(self) -> None:
         """TensorBoard's hparams view: the flat config and the final loss terms, in `hparams/`."""
@@ -154,6 +183,19 @@ class MetricsLog:
                 events.add([scalar(k, v) for k, v in final.items()])
             finally:
                 events.close()
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cuts metrics.jsonl back to its last complete line (a full disk can stop a write midway),
+    so the lines a resumed run appends stay one JSON object each."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
 
 
 def _tag(key: str) -> str:

@@ -126,6 +126,7 @@ class Trainer:
         try:
             log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=cfg.hparams)
         except MetricsWriteError as e:
+            self.checkpointer.close()  # nothing saved yet: releases its threads
             raise self._unwritten_metrics(e) from None
         bar = tqdm(total=cfg.total_steps, initial=start, unit="step", desc="train", dynamic_ncols=True,
                    disable=not cfg.progress or jax.process_index() != 0)
@@ -172,6 +173,7 @@ class Trainer:
             bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_sec']:.0f}")
             bar.update(1)
 
+        failure = None  # the error ending the run, if one does: the metrics' final summary is skipped
         try:
             with StopRequest() as stop:
                 agreement = StopAgreement()  # every process stops at the same step
@@ -218,8 +220,11 @@ class Trainer:
                 raise self._unwritten_metrics(error) from None
             raise
         else:
-            failure = None
-            self.checkpointer.close()
+            try:
+                self.checkpointer.close()  # the last save's failure surfaces here
+            except BaseException as error:
+                failure = error
+                raise
         finally:
             bar.close()
             try:
