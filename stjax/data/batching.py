@@ -81,7 +81,81 @@ def loss_index(loss_mask: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-class BatchIterator:
+def process_rows(global_batch_size: int, process_index: int | None, process_count: int | None) -> slice:
+    """This process's rows of every global batch (its share, in process order)."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % process_count:
+        raise ValueError(f"global_batch_size {global_batch_size} is not divisible by "
+                         f"process_count {process_count}")
+    return slice(process_index * global_batch_size // process_count,
+                 (process_index + 1) * global_batch_size // process_count)
+
+
+def place(batch: dict[str, np.ndarray], row: int, start: int, example: TokenizedExample) -> int:
+    """Writes an example's inputs, targets, masks and response positions into `row` from
+    `start`; returns its length."""
+    n = len(example.tokens) - 1
+    span = slice(start, start + n)
+    batch["inputs"][row, span] = example.tokens[:-1]
+    batch["targets"][row, span] = example.tokens[1:]
+    batch["loss_mask"][row, span] = example.loss_mask
+    batch["attention_mask"][row, span] = True
+    batch["response_pos"][row, span] = example.response_pos
+    return n
+
+
+def empty_batch(rows: int, width: int) -> dict[str, np.ndarray]:
+    shape = (rows, width)
+    return {"inputs": np.zeros(shape, np.int32), "targets": np.zeros(shape, np.int32),
+            "loss_mask": np.zeros(shape, np.float32), "attention_mask": np.zeros(shape, bool),
+            "response_pos": np.full(shape, -1, np.int32)}
+
+
+class EpochBatches:
+    """What bucketed and packed batches share: a plan of batches per epoch, a function of
+    (seed, epoch) alone (`_epoch_plan`, by the subclass), each turned into this process's rows
+    (`_collate`); (epoch, next batch) is the whole state."""
+
+    def _start(self) -> None:
+        self._epoch, self._index = 0, 0
+        self._plan_epoch, self._plan = -1, []
+
+    def _epoch_plan(self, epoch: int) -> list:
+        raise NotImplementedError
+
+    def _collate(self, entry) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._epoch_plan(self._epoch))
+
+    def get_state(self) -> dict[str, int]:
+        """The position of the next batch, as a JSON-able dict."""
+        return {"epoch": self._epoch, "index": self._index}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        epoch, index = int(state["epoch"]), int(state["index"])
+        if epoch < 0 or not 0 <= index <= len(self._epoch_plan(epoch)):
+            raise ValueError(f"iterator state {state} is out of range ({self.batches_per_epoch} batches an epoch)")
+        self._epoch, self._index = epoch, index
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._index >= len(self._epoch_plan(self._epoch)):
+            self._epoch, self._index = self._epoch + 1, 0
+        entry = self._epoch_plan(self._epoch)[self._index]
+        self._index += 1
+        return self._collate(entry)
+
+
+class BatchIterator(EpochBatches):
     """Endless iterator of host batches (dicts of numpy arrays), epoch after epoch.
 
     Keys: inputs, targets (int32 [B, L]), loss_mask (float32 [B, L]), attention_mask
@@ -96,14 +170,7 @@ class BatchIterator:
                  buckets: Sequence[int] | None = None, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, process_index: int | None = None, process_count: int | None = None,
                  loss_index: bool = True):
-        if process_index is None or process_count is None:
-            import jax
-
-            process_index = jax.process_index() if process_index is None else process_index
-            process_count = jax.process_count() if process_count is None else process_count
-        if global_batch_size % process_count:
-            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by "
-                             f"process_count {process_count}")
+        self._rows = process_rows(global_batch_size, process_index, process_count)
         lengths = np.array([len(e.tokens) - 1 for e in examples], dtype=np.int64)
         if lengths.size and lengths.max() > max_len:
             raise ValueError(f"an example has {lengths.max() + 1} tokens, more than max_len={max_len}")
@@ -111,20 +178,13 @@ class BatchIterator:
         self.buckets = bucket_lengths(max_len, buckets)
         self.global_batch_size = global_batch_size
         self.seed, self.shuffle, self.drop_last, self.with_loss_index = seed, shuffle, drop_last, loss_index
-        self._rows = slice(process_index * global_batch_size // process_count,
-                           (process_index + 1) * global_batch_size // process_count)
         self._bucket_of = np.searchsorted(self.buckets, lengths)
         self.loss_widths = loss_widths(self.buckets, self._bucket_of,
                                        np.array([np.count_nonzero(e.loss_mask) for e in examples], np.int64))
-        self._epoch, self._index = 0, 0
-        self._plan_epoch, self._plan = -1, []
+        self._start()
         if not self.batches_per_epoch:
             raise ValueError(f"{len(self.examples)} examples make no batch of {global_batch_size}"
                              + (" with drop_last" if drop_last else ""))
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return len(self._epoch_plan(self._epoch))
 
     def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
         """(width, example positions [global_batch_size], -1 for padding) for each batch."""
@@ -147,47 +207,14 @@ class BatchIterator:
         self._plan_epoch, self._plan = epoch, plan
         return plan
 
-    def get_state(self) -> dict[str, int]:
-        """The position of the next batch, as a JSON-able dict."""
-        return {"epoch": self._epoch, "index": self._index}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        epoch, index = int(state["epoch"]), int(state["index"])
-        if epoch < 0 or not 0 <= index <= len(self._epoch_plan(epoch)):
-            raise ValueError(f"iterator state {state} is out of range ({self.batches_per_epoch} batches an epoch)")
-        self._epoch, self._index = epoch, index
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self._index >= len(self._epoch_plan(self._epoch)):
-            self._epoch, self._index = self._epoch + 1, 0
-        width, rows = self._epoch_plan(self._epoch)[self._index]
-        self._index += 1
-        return self._collate(width, rows[self._rows])
-
-    def _collate(self, width: int, rows: np.ndarray) -> dict[str, np.ndarray]:
-        shape = (len(rows), width)
-        batch = {
-            "inputs": np.zeros(shape, np.int32),
-            "targets": np.zeros(shape, np.int32),
-            "loss_mask": np.zeros(shape, np.float32),
-            "attention_mask": np.zeros(shape, bool),
-            "response_pos": np.full(shape, -1, np.int32),
-            "example_index": np.full(len(rows), -1, np.int32),
-        }
+    def _collate(self, entry: tuple[int, np.ndarray]) -> dict[str, np.ndarray]:
+        width, rows = entry[0], entry[1][self._rows]
+        batch = empty_batch(len(rows), width)
+        batch["example_index"] = np.full(len(rows), -1, np.int32)
         for row, position in enumerate(rows):
-            if position < 0:
-                continue
-            example = self.examples[position]
-            n = len(example.tokens) - 1
-            batch["inputs"][row, :n] = example.tokens[:-1]
-            batch["targets"][row, :n] = example.tokens[1:]
-            batch["loss_mask"][row, :n] = example.loss_mask
-            batch["attention_mask"][row, :n] = True
-            batch["response_pos"][row, :n] = example.response_pos
-            batch["example_index"][row] = example.index
+            if position >= 0:
+                place(batch, row, 0, self.examples[position])
+                batch["example_index"][row] = self.examples[position].index
         if self.with_loss_index:
             batch["loss_index"] = loss_index(batch["loss_mask"], self.loss_widths[width])
         return batch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from stjax.data.batching import BatchIterator
+from stjax.data.packing import PackedBatchIterator
 from stjax.data.mixing import mix
 from stjax.data.records import Conversation, DataError, Message
 from stjax.data.sources import read_conversations, tfds_conversations
@@ -75,6 +76,10 @@ def build_training_data(config, tokenizer) -> TrainingData:
         conversations = mix(conversations, load_source(data.safety), data.safety_ratio, seed=data.mix_seed + 1)
     conversations = with_system_prompt(conversations, data.system_prompt)
     examples, stats = _tokenized("data.train", conversations, tokenizer, data)
-    batches = BatchIterator(examples, config.train.batch_size, data.max_len, buckets=data.buckets,
-                            seed=config.train.seed, loss_index=data.gather_loss_positions)
+    if data.packing:
+        batches = PackedBatchIterator(examples, config.train.batch_size, data.max_len, seed=config.train.seed,
+                                      loss_index=data.gather_loss_positions)
+    else:
+        batches = BatchIterator(examples, config.train.batch_size, data.max_len, buckets=data.buckets,
+                                seed=config.train.seed, loss_index=data.gather_loss_positions)
     return TrainingData(examples, stats, batches, assistant_header_ids(tokenizer))

@@ -55,4 +55,7 @@ class DataSection:
     # batches name their loss positions (loss_index), so vocabulary projections run there only;
     # false: at every position (the same losses, another float summation order)
     gather_loss_positions: bool = True
+    # several examples a row, each attending to itself only (stjax.data.packing); batch_size then
+    # counts rows of max_len tokens
+    packing: bool = False
     system_prompt: str | None = None

@@ -114,7 +114,8 @@ class Attention(nnx.Module):
         self.scale = 1.0 / math.sqrt(H)
         self.kernel = get_attention(resolve_attention(c.attention, c.compute_dtype, H))
 
-    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None, lengths=None):
+    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None, lengths=None,
+                 segment_ids=None):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -125,6 +126,8 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, offset, 0, 0))
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, offset, 0, 0))
         mask = causal_mask(query_slots, key_valid, self.window)
+        if segment_ids is not None:  # packed rows: each example attends to itself only
+            mask &= (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
         out = self.kernel(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.scale,
                           lengths=None if cache_kv is not None else lengths, window=self.window)
         return self.o_proj(out), (k, v)
@@ -150,16 +153,24 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None, lengths=None):
+    def __call__(self, x, positions, query_slots, key_valid, cache_kv=None, offset=None, lengths=None,
+                 segment_ids=None):
         attn, kv = self.self_attn(self.input_layernorm(x), positions, query_slots, key_valid, cache_kv, offset,
-                                  lengths)
+                                  lengths, segment_ids)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv
 
 
-def _call_layer(layer, x, positions, query_slots, key_valid, cache_kv, offset, lengths):
-    return layer(x, positions, query_slots, key_valid, cache_kv, offset, lengths)
+def _call_layer(layer, x, positions, query_slots, key_valid, cache_kv, offset, lengths, segment_ids):
+    return layer(x, positions, query_slots, key_valid, cache_kv, offset, lengths, segment_ids)
+
+
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """[B, L] position of each token within its segment (a run of equal segment ids)."""
+    index = jnp.arange(segment_ids.shape[1])[None, :]
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+    return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
 
 
 class CausalLM(nnx.Module):
@@ -195,6 +206,7 @@ class CausalLM(nnx.Module):
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
         lengths: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final (normed) hidden states [B, L, D] and the updated cache.
 
@@ -202,11 +214,19 @@ class CausalLM(nnx.Module):
         to the count of real tokens before each one. `lengths` [B] says the real tokens of
         each row are its first `lengths` (right padding only; the mask must agree): kernels
         that take lengths instead of a mask (cuDNN) use them when no cache is given.
+        `segment_ids` [B, L] (packed rows: 1, 2, ... per example, 0 for padding) restrict
+        attention to each token's own segment, and positions then restart in each segment.
         """
         B, L = tokens.shape
         if attention_mask is None:
             attention_mask = jnp.ones((B, L), bool)
         attention_mask = attention_mask.astype(bool)
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("hidden_states: segment_ids (packed rows) are for training, not a KV cache")
+            lengths = None  # several sequences a row: the mask, not per-row lengths
+            if positions is None:
+                positions = segment_positions(segment_ids)
         if positions is None:
             positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
         if cache is None:
@@ -220,7 +240,8 @@ class CausalLM(nnx.Module):
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = self._layer_fn(layer, x, positions, query_slots, key_valid, cache_kv, offset, lengths)
+            x, (k, v) = self._layer_fn(layer, x, positions, query_slots, key_valid, cache_kv, offset, lengths,
+                                       segment_ids)
             new_keys.append(k)
             new_values.append(v)
         x = self.norm(x)

@@ -52,10 +52,19 @@ def right_padded_hidden(model, tokens: jax.Array, attention_mask: jax.Array) -> 
     return model.hidden_states(tokens, attention_mask=attention_mask, lengths=attention_mask.sum(axis=1))[0]
 
 
+def batch_hidden(model, batch: dict) -> jax.Array:
+    """Hidden states of a training or eval batch: packed rows (segment_ids, positions) attend
+    within each example; others are right-padded rows."""
+    if "segment_ids" in batch:
+        return model.hidden_states(batch["inputs"], attention_mask=batch["attention_mask"],
+                                   positions=batch["positions"], segment_ids=batch["segment_ids"])[0]
+    return right_padded_hidden(model, batch["inputs"], batch["attention_mask"])
+
+
 def forward(graphdef, params, frozen: Frozen, batch, dropout_key) -> ModelOutputs:
     # A fresh dropout key per step and micro-batch, so runs are reproducible and resume exactly.
     model = nnx.merge(graphdef, params, with_dropout_keys(frozen.rest, dropout_key))
-    return ModelOutputs(right_padded_hidden(model, batch["inputs"], batch["attention_mask"]), model.output_weights())
+    return ModelOutputs(batch_hidden(model, batch), model.output_weights())
 
 
 def make_reference(graphdef, params, frozen: Frozen) -> Reference:
@@ -129,7 +138,7 @@ def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn, *, reference_fn: Ref
     def eval_step(params, frozen: Frozen, batch: dict):
         model = nnx.merge(graphdef, params, frozen.rest)
         model.eval()
-        hidden = right_padded_hidden(model, batch["inputs"], batch["attention_mask"])
+        hidden = batch_hidden(model, batch)
         refs = batch if reference_fn is None else reference_fn(make_reference(graphdef, params, frozen), batch)
         loss_sum, count, metrics = loss_fn(ModelOutputs(hidden, model.output_weights()), batch, refs)
         return {"loss": loss_sum, "tokens": count, **metrics}

@@ -1,0 +1,187 @@
+"""Packed rows (`data.packing`): the packer places every example once an epoch within the
+row's token, loss-token and segment budgets, reproducibly and resumably; a packed row's
+hidden states equal each example's alone (grouped-query heads, a sliding window, biases);
+SFT over packed rows gives the same summed loss and gradients as over the same examples
+unpacked, on one device and sharded over 8; and `stjax train` runs with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hf_fixtures import make_hf_model
+from stjax.data.batching import BatchIterator
+from stjax.data.packing import PackedBatchIterator
+from stjax.data.tokenize import TokenizedExample
+from stjax.models import from_pretrained
+from stjax.training.objectives import sft
+from stjax.training.step import Frozen, forward
+
+VOCAB = 160
+TINY = Path(__file__).parents[1] / "configs" / "tiny_sft.yaml"
+
+
+def examples(n=30, seed=0, longest=40):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        prompt, response = int(rng.integers(3, longest // 2)), int(rng.integers(2, longest // 2))
+        turns = ((1, 3),) if i % 4 == 0 else ()  # an earlier assistant turn, trained on too
+        out.append(TokenizedExample(rng.integers(1, VOCAB, prompt + response).astype(np.int32), prompt, 100 + i, turns))
+    return out
+
+
+def one_packed_batch(items, width):
+    """Every example, packed into rows of `width`, in one batch (in order, no shuffle)."""
+    rows = PackedBatchIterator(items, 1, width, shuffle=False, process_index=0, process_count=1).batches_per_epoch
+    return next(PackedBatchIterator(items, rows, width, shuffle=False, process_index=0, process_count=1))
+
+
+def test_every_example_is_packed_once_an_epoch_within_the_budgets():
+    items = examples(200, longest=60)
+    it = PackedBatchIterator(items, 4, 64, seed=3, process_index=0, process_count=1)
+    lengths = {e.index: len(e.tokens) - 1 for e in items}
+    for epoch in range(2):
+        seen = []
+        for _ in range(it.batches_per_epoch):
+            batch = next(it)
+            assert batch["inputs"].shape == (4, 64) and batch["loss_index"].shape == (4, it.loss_width)
+            assert batch["example_index"].shape == (4, it.max_segments)
+            for row in range(4):
+                members = [int(i) for i in batch["example_index"][row] if i >= 0]
+                seen += members
+                assert sum(lengths[i] for i in members) == batch["attention_mask"][row].sum() <= 64
+                assert batch["loss_mask"][row].sum() <= it.loss_width
+                assert batch["segment_ids"][row].max(initial=0) == len(members)
+                at = 0
+                for segment, index in enumerate(members, 1):  # positions restart in each segment
+                    n = lengths[index]
+                    assert (batch["segment_ids"][row, at:at + n] == segment).all()
+                    assert (batch["positions"][row, at:at + n] == np.arange(n)).all()
+                    at += n
+        assert sorted(seen) == sorted(lengths), f"epoch {epoch}"
+    unpacked = BatchIterator(items, 4, 64, process_index=0, process_count=1)
+    assert it.batches_per_epoch < unpacked.batches_per_epoch
+    assert sum(lengths.values()) / (it.batches_per_epoch * 4 * 64) > 0.85  # rows are mostly real tokens
+
+
+def test_packing_is_reproducible_resumable_and_split_over_processes():
+    items = examples(120)
+    first = PackedBatchIterator(items, 4, 64, seed=1, process_index=0, process_count=1)
+    run = [next(first) for _ in range(first.batches_per_epoch + 3)]  # into the second epoch
+    again = PackedBatchIterator(items, 4, 64, seed=1, process_index=0, process_count=1)
+    again.set_state({"epoch": 1, "index": 2})
+    np.testing.assert_array_equal(next(again)["inputs"], run[first.batches_per_epoch + 2]["inputs"])
+    assert not np.array_equal(run[0]["inputs"], run[first.batches_per_epoch]["inputs"])  # epochs reshuffle
+    halves = [next(PackedBatchIterator(items, 4, 64, seed=1, process_index=p, process_count=2)) for p in (0, 1)]
+    for key in run[0]:
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), run[0][key])
+
+
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2"])
+def test_a_packed_row_gives_each_example_the_hidden_states_it_has_alone(tmp_path, family):
+    make_hf_model(family).save_pretrained(tmp_path)
+    model = from_pretrained(tmp_path)
+    items = examples(6, seed=2)
+    batch = one_packed_batch(items, 64)
+    packed, _ = model.hidden_states(jnp.asarray(batch["inputs"]), attention_mask=jnp.asarray(batch["attention_mask"]),
+                                    segment_ids=jnp.asarray(batch["segment_ids"]))  # positions from the segments
+    by_index = {e.index: e for e in items}
+    checked = 0
+    for row in range(batch["inputs"].shape[0]):
+        at = 0
+        for index in (int(i) for i in batch["example_index"][row] if i >= 0):
+            tokens = jnp.asarray(by_index[index].tokens[:-1])[None]
+            alone, _ = model.hidden_states(tokens)
+            n = tokens.shape[1]
+            np.testing.assert_allclose(np.asarray(packed[row, at:at + n]), np.asarray(alone[0]), atol=2e-5)
+            at, checked = at + n, checked + 1
+    assert checked == 6 and batch["segment_ids"].max() > 1  # some row holds several examples
+
+
+def sft_sums(model_dir, batch, mesh=None):
+    """SFT's summed loss and its gradients for a batch (LoRA off: every weight trained)."""
+    from stjax.models import make_mesh
+
+    mesh = mesh or make_mesh(data=1, devices=jax.devices()[:1])
+    model = from_pretrained(model_dir, mesh=mesh)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    objective = sft(chunk_tokens=24)
+    device = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    @jax.jit
+    def value_and_grad(params, device):
+        def total(params):
+            loss, count, _ = objective.loss(forward(graphdef, params, Frozen(rest), device, jax.random.key(0)),
+                                            device, {})
+            return loss, count
+        return jax.value_and_grad(total, has_aux=True)(params)
+
+    with jax.set_mesh(mesh):
+        (loss, count), grads = value_and_grad(params, device)
+    return float(loss), float(count), jax.tree.map(np.asarray, grads)
+
+
+def test_sft_over_packed_rows_sums_to_the_loss_and_gradients_of_the_same_examples_unpacked(tmp_path):
+    make_hf_model("llama3").save_pretrained(tmp_path)
+    items = examples(16, seed=4)
+    unpacked = next(BatchIterator(items, 16, 64, buckets=[64], shuffle=False, process_index=0, process_count=1))
+    packed = one_packed_batch(items, 64)
+    assert packed["inputs"].shape[0] < 16
+    loss_a, count_a, grads_a = sft_sums(tmp_path, unpacked)
+    loss_b, count_b, grads_b = sft_sums(tmp_path, packed)
+    assert count_a == count_b == sum(e.loss_mask.sum() for e in items)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-6)
+
+
+def test_packed_sft_sharded_over_8_devices_equals_one_device(tmp_path):
+    from stjax.models import make_mesh
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+    make_hf_model("llama3").save_pretrained(tmp_path)
+    items = examples(40, seed=5)
+    it = PackedBatchIterator(items, 8, 64, shuffle=False, process_index=0, process_count=1)
+    batch = next(it)
+    loss_a, _, grads_a = sft_sums(tmp_path, batch)
+    loss_b, _, grads_b = sft_sums(tmp_path, batch, mesh=make_mesh(data=2, fsdp=2, tensor=2))
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-6)
+
+
+def test_stjax_train_packs_sft_rows_and_refuses_packing_for_pact(tmp_path, capsys):
+    from stjax.cli import train as train_cli
+    from stjax.cli.common import run_cli
+    from stjax.training.metrics_log import read_metrics
+
+    args = ["--config", str(TINY), f"train.run_dir={tmp_path / 'run'}", "logging.progress=false",
+            "data.packing=true", "data.max_len=128", "train.batch_size=8", "train.max_steps=3"]
+    assert run_cli("stjax train", train_cli.main, args) == 0
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics and all(np.isfinite(m["loss"]) for m in metrics)
+    assert metrics[-1]["tokens"] > 8 * 64  # rows hold several examples: more real tokens than half the width
+    capsys.readouterr()
+    code = run_cli("stjax train", train_cli.main, args + ["loss.kind=kl", f"train.run_dir={tmp_path / 'kl'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "'data.packing': packs rows for loss.kind sft" in err[0], err
+
+
+def test_turning_packing_on_in_a_run_is_a_changed_config_but_old_records_still_resume():
+    from stjax.training.checkpointing import config_changes
+
+    old = {"data": {"max_len": 128, "packing": False}, "train": {"batch_size": 8}}
+    assert config_changes(old, {"data": {"max_len": 128, "packing": True}, "train": {"batch_size": 8}}) == [
+        "data.packing: False -> True"]
+    before_packing_existed = {"data": {"max_len": 128}, "train": {"batch_size": 8}}
+    assert config_changes(before_packing_existed, {"data": {"max_len": 128, "packing": False},
+                                                   "train": {"batch_size": 8}}) == []
+    assert config_changes(before_packing_existed, {"data": {"max_len": 64, "packing": False},
+                                                   "train": {"batch_size": 8}}) == ["data.max_len: 128 -> 64"]
