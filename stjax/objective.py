@@ -32,8 +32,18 @@ class ModelOutputs(NamedTuple):
 class Reference(NamedTuple):
     """The frozen reference model, evaluated on demand (no gradient)."""
 
-    hidden: Callable[[jax.Array, jax.Array], jax.Array]  # (tokens, attention_mask) -> [B, L, D]
+    # (tokens, attention_mask, segment_ids=None, positions=None) -> [B, L, D]; segment ids and
+    # positions for packed rows (several sequences a row, each attending to itself)
+    hidden: Callable[..., jax.Array]
     output_weights: Callable[[jax.Array | None], jax.Array]  # columns -> [D, K]
+
+
+def reference_hidden(reference: Reference, batch: dict) -> jax.Array:
+    """The reference's hidden states of a batch's rows, packed (segment ids and positions
+    passed on) or not."""
+    if "segment_ids" in batch:
+        return reference.hidden(batch["inputs"], batch["attention_mask"], batch["segment_ids"], batch["positions"])
+    return reference.hidden(batch["inputs"], batch["attention_mask"])
 
 
 # loss(outputs, batch, refs) -> (sum of per-token losses, token count, {metric: per-token sum})

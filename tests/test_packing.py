@@ -1,8 +1,10 @@
 """Packed rows (`data.packing`): the packer places every example once an epoch within the
 row's token, loss-token and segment budgets, reproducibly and resumably; a packed row's
 hidden states equal each example's alone (grouped-query heads, a sliding window, biases);
-SFT over packed rows gives the same summed loss and gradients as over the same examples
-unpacked, on one device and sharded over 8; and `stjax train` runs with it."""
+every objective that packs (SFT, the full-vocabulary KL, constrained SFT, PACT with and
+without the end-of-turn KL; online, and PACT and constrained SFT with the cached reference)
+gives the same summed loss and gradients over packed rows as over the same examples unpacked,
+on one device and sharded over 8; and `stjax train` runs with it."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from stjax.data.batching import BatchIterator
 from stjax.data.packing import PackedBatchIterator
 from stjax.data.tokenize import TokenizedExample
 from stjax.models import from_pretrained
-from stjax.training.objectives import sft
-from stjax.training.step import Frozen, forward
+from stjax.pact.objective import pact
+from stjax.training.objectives import constrained_sft, kl_baseline, sft
+from stjax.training.step import Frozen, forward, make_reference
 
 VOCAB = 160
 TINY = Path(__file__).parents[1] / "configs" / "tiny_sft.yaml"
@@ -104,21 +107,35 @@ def test_a_packed_row_gives_each_example_the_hidden_states_it_has_alone(tmp_path
     assert checked == 6 and batch["segment_ids"].max() > 1  # some row holds several examples
 
 
-def sft_sums(model_dir, batch, mesh=None):
-    """SFT's summed loss and its gradients for a batch (LoRA off: every weight trained)."""
+SAFETY = np.array([3, 7, 11, 19, 23]), np.array([0.5, 0.2, 0.1, 0.1, 0.1], np.float32)
+HEADER = 2
+OBJECTIVES = {
+    "sft": lambda: sft(chunk_tokens=24),
+    "kl": lambda: kl_baseline(lam=0.7, chunk_tokens=24),
+    "constrained_sft": lambda: constrained_sft(chunk_tokens=24),
+    "pact": lambda: pact(*SAFETY, HEADER, lam=2.0, chunk_tokens=24),
+    "pact, no KL at end": lambda: pact(*SAFETY, HEADER, at_end=False, chunk_tokens=24),
+}
+
+
+def loss_sums(model_dir, batch, objective, mesh=None, cached=False):
+    """An objective's summed loss and token count, and their gradients, for a batch (LoRA off:
+    every weight trained; the reference is the initial weights: run online, or read from the
+    batch when `cached`, as the cached reference delivers it)."""
     from stjax.models import make_mesh
 
     mesh = mesh or make_mesh(data=1, devices=jax.devices()[:1])
     model = from_pretrained(model_dir, mesh=mesh)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    objective = sft(chunk_tokens=24)
+    frozen = Frozen(rest, jax.tree.map(jnp.copy, params))
     device = {k: jnp.asarray(v) for k, v in batch.items()}
 
     @jax.jit
     def value_and_grad(params, device):
         def total(params):
-            loss, count, _ = objective.loss(forward(graphdef, params, Frozen(rest), device, jax.random.key(0)),
-                                            device, {})
+            online = objective.needs_reference and not cached
+            refs = objective.reference_fn(make_reference(graphdef, params, frozen), device) if online else device
+            loss, count, _ = objective.loss(forward(graphdef, params, frozen, device, jax.random.key(0)), device, refs)
             return loss, count
         return jax.value_and_grad(total, has_aux=True)(params)
 
@@ -127,37 +144,63 @@ def sft_sums(model_dir, batch, mesh=None):
     return float(loss), float(count), jax.tree.map(np.asarray, grads)
 
 
-def test_sft_over_packed_rows_sums_to_the_loss_and_gradients_of_the_same_examples_unpacked(tmp_path):
-    make_hf_model("llama3").save_pretrained(tmp_path)
+def assert_same(a, b):
+    (loss_a, count_a, grads_a), (loss_b, count_b, grads_b) = a, b
+    assert count_a == count_b > 0
+    np.testing.assert_allclose(loss_b, loss_a, rtol=2e-5)
+    for x, y in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):  # float32 summation order: 1e-6 of the scale
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(x).max())))
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama3")
+    make_hf_model("llama3").save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_packed_rows_give_the_loss_and_gradients_of_the_same_examples_unpacked(llama_dir, name):
     items = examples(16, seed=4)
     unpacked = next(BatchIterator(items, 16, 64, buckets=[64], shuffle=False, process_index=0, process_count=1))
     packed = one_packed_batch(items, 64)
     assert packed["inputs"].shape[0] < 16
-    loss_a, count_a, grads_a = sft_sums(tmp_path, unpacked)
-    loss_b, count_b, grads_b = sft_sums(tmp_path, packed)
-    assert count_a == count_b == sum(e.loss_mask.sum() for e in items)
-    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-6)
+    objective = OBJECTIVES[name]()
+    want = loss_sums(llama_dir, unpacked, objective)
+    assert want[1] == sum(e.loss_mask.sum() for e in items)
+    assert_same(want, loss_sums(llama_dir, packed, objective))
 
 
-def test_packed_sft_sharded_over_8_devices_equals_one_device(tmp_path):
+@pytest.mark.parametrize("name", ["pact", "constrained_sft"])
+def test_the_cached_reference_scattered_into_packed_rows_equals_the_online_one(llama_dir, name):
+    from stjax.training.reference_cache import CachedBatches, precompute_reference
+
+    items = examples(16, seed=6)
+    objective = OBJECTIVES[name]()
+    graphdef, params, rest = nnx.split(from_pretrained(llama_dir), nnx.Param, ...)
+    cache = precompute_reference(objective.reference_fn, graphdef, params, Frozen(rest), items, batch_size=8,
+                                 max_len=64, buckets=None, put_batch=lambda b: {k: jnp.asarray(v) for k, v in b.items()},
+                                 progress=False)  # over unpacked rows, as the trainer computes it
+    rows = PackedBatchIterator(items, 1, 64, shuffle=False, process_index=0, process_count=1).batches_per_epoch
+    packed = next(CachedBatches(PackedBatchIterator(items, rows, 64, shuffle=False, process_index=0,
+                                                    process_count=1), cache))
+    assert_same(loss_sums(llama_dir, one_packed_batch(items, 64), objective),
+                loss_sums(llama_dir, packed, objective, cached=True))
+
+
+@pytest.mark.parametrize("name", ["sft", "pact"])
+def test_packed_rows_sharded_over_8_devices_equal_one_device(llama_dir, name):
     from stjax.models import make_mesh
 
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
-    make_hf_model("llama3").save_pretrained(tmp_path)
-    items = examples(40, seed=5)
-    it = PackedBatchIterator(items, 8, 64, shuffle=False, process_index=0, process_count=1)
-    batch = next(it)
-    loss_a, _, grads_a = sft_sums(tmp_path, batch)
-    loss_b, _, grads_b = sft_sums(tmp_path, batch, mesh=make_mesh(data=2, fsdp=2, tensor=2))
-    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-6)
+    batch = next(PackedBatchIterator(examples(40, seed=5), 8, 64, shuffle=False, process_index=0, process_count=1))
+    objective = OBJECTIVES[name]()
+    assert_same(loss_sums(llama_dir, batch, objective),
+                loss_sums(llama_dir, batch, objective, mesh=make_mesh(data=2, fsdp=2, tensor=2)))
 
 
-def test_stjax_train_packs_sft_rows_and_refuses_packing_for_pact(tmp_path, capsys):
+def test_stjax_train_packs_rows_and_refuses_packing_for_pact_bucket(tmp_path, capsys):
     from stjax.cli import train as train_cli
     from stjax.cli.common import run_cli
     from stjax.training.metrics_log import read_metrics
@@ -169,9 +212,9 @@ def test_stjax_train_packs_sft_rows_and_refuses_packing_for_pact(tmp_path, capsy
     assert metrics and all(np.isfinite(m["loss"]) for m in metrics)
     assert metrics[-1]["tokens"] > 8 * 64  # rows hold several examples: more real tokens than half the width
     capsys.readouterr()
-    code = run_cli("stjax train", train_cli.main, args + ["loss.kind=kl", f"train.run_dir={tmp_path / 'kl'}"])
+    code = run_cli("stjax train", train_cli.main, args + ["loss.kind=pact_bucket", f"train.run_dir={tmp_path / 'b'}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "'data.packing': packs rows for loss.kind sft" in err[0], err
+    assert code == 2 and len(err) == 1 and "'data.packing': not for loss.kind pact_bucket" in err[0], err
 
 
 def test_turning_packing_on_in_a_run_is_a_changed_config_but_old_records_still_resume():

@@ -12,7 +12,8 @@ Each row carries, besides the keys of `BatchIterator`'s batches:
 - positions (int32 [B, L]): each token's position within its example, as if it were alone;
 - example_index (int32 [B, S]): the examples of each row in order, then -1 (S fixed per run).
 Each example's targets, loss mask and response positions are its own, so a loss summed over a
-packed batch equals the loss summed over the same examples unpacked.
+packed batch equals the loss summed over the same examples unpacked (the reference passes run
+per segment: `stjax.pact.reference.packed_response_only`, `CachedBatches`).
 
 Fixed shapes: one width, and R (loss positions a row, `loss_index`) and S are fixed for the
 run: R from the data's share of loss tokens (a row takes no example beyond it), S from the

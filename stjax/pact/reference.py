@@ -14,8 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-# (tokens [B, L], attention_mask [B, L]) -> final hidden states [B, L, D]
-HiddenFn = Callable[[jax.Array, jax.Array], jax.Array]
+# (tokens [B, L], attention_mask [B, L], segment_ids=None, positions=None) -> final hidden states [B, L, D]
+HiddenFn = Callable[..., jax.Array]
 
 
 def response_start_shift(response_pos: jax.Array, header_len: int) -> jax.Array:
@@ -44,15 +44,40 @@ def unshift_rows(x: jax.Array, shift: jax.Array) -> jax.Array:
     return jnp.where(valid.reshape(index.shape), jnp.take_along_axis(x, index, axis=1), 0)
 
 
+def packed_response_only(batch: dict, header_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(attention, segment_ids, positions) [B, L] that make each example of a packed row its own
+    response-only sequence in place: the tokens from its assistant header on (its prompt is
+    left out), positions restarting at the header. The pass then needs no shifting: its logits
+    are already aligned with the row."""
+    segment_ids, response_pos = batch["segment_ids"], batch["response_pos"]
+    B, L = segment_ids.shape
+    index = jnp.broadcast_to(jnp.arange(L)[None, :], (B, L))
+    keys = (segment_ids + jnp.arange(B)[:, None] * (L + 1)).ravel()  # one key per (row, segment)
+    first = jax.ops.segment_min(jnp.where(response_pos >= 0, index, L).ravel(), keys, num_segments=B * (L + 1))
+    first = first[keys].reshape(B, L)  # each token's example: its first response position
+    segment_start = index - batch["positions"]
+    start = jnp.maximum(first - header_len + 1, segment_start)
+    inside = batch["attention_mask"] & (segment_ids > 0) & (index >= start)
+    return inside, jnp.where(inside, segment_ids, 0), jnp.where(inside, index - start, 0)
+
+
 def reference_safety_logits(
     hidden_fn: HiddenFn, output_columns: jax.Array, batch: dict, header_len: int,
 ) -> tuple[jax.Array, jax.Array]:
     """(r_full, r_post): the reference's [B, L, K] safety-token logits, aligned to the batch.
 
     output_columns [D, K] are the safety-token columns of the reference's output matrix.
-    The response-only pass runs at the width it needs, `response_only_width`, not the row's.
+    The response-only pass runs at the width it needs, `response_only_width`, not the row's;
+    on packed rows (segment_ids) it runs in place, each example's prompt left out.
     """
     inputs, attention = batch["inputs"], batch["attention_mask"]
+    columns = output_columns
+    if "segment_ids" in batch:
+        hidden = hidden_fn(inputs, attention, batch["segment_ids"], batch["positions"])
+        post_hidden = hidden_fn(inputs, *packed_response_only(batch, header_len))
+        r_full, r_post = (jnp.einsum("bld,dk->blk", h, columns.astype(h.dtype), preferred_element_type=jnp.float32)
+                          for h in (hidden, post_hidden))
+        return jax.lax.stop_gradient(r_full), jax.lax.stop_gradient(r_post)
     hidden = hidden_fn(inputs, attention)
     r_full = jnp.einsum("bld,dk->blk", hidden, output_columns.astype(hidden.dtype),
                         preferred_element_type=jnp.float32)

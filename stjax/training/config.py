@@ -132,9 +132,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.loss.kl_first_positions is not None and config.loss.kl_first_positions < 1:
         raise ConfigKeyError(f"'loss.kl_first_positions': expected a positive number of positions, got "
                              f"{config.loss.kl_first_positions}")
-    if config.data.packing and config.loss.kind != "sft":
-        raise ConfigKeyError(f"'data.packing': packs rows for loss.kind sft (and the preset refusal_mix) so far; "
-                             f"{config.loss.kind} runs its reference per row: set data.packing: false")
+    if config.data.packing and config.loss.kind == "pact_bucket":
+        raise ConfigKeyError("'data.packing': not for loss.kind pact_bucket (its vocabulary-wide reference pass "
+                             "runs per row): set data.packing: false")
     if config.loss.kind in ("pact", "pact_bucket") and not config.loss.safety_tokens:
         raise ConfigKeyError(f"'loss.safety_tokens': required when loss.kind is {config.loss.kind} "
                              "(run stjax safety-tokens first)")

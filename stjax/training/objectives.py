@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from stjax.configlib import ConfigKeyError
 from stjax.losses import full_vocab_kl
-from stjax.objective import (Objective, Reference, batch_cross_entropy, ce_plus, gather_positions,
+from stjax.objective import (Objective, Reference, batch_cross_entropy, reference_hidden, ce_plus, gather_positions,
                              loss_target_logprobs, masked_sum, scatter_positions)
 from stjax.pact import objective as pact_objectives
 from stjax.pact.loss import GateSettings
@@ -66,7 +66,7 @@ def kl_baseline(*, lam: float = 1.0, chunk_tokens: int = 512) -> Objective:
     reference only: its refs are vocabulary-wide per token)."""
 
     def reference_fn(reference: Reference, batch):
-        return {"ref_hidden": reference.hidden(batch["inputs"], batch["attention_mask"]),
+        return {"ref_hidden": reference_hidden(reference, batch),
                 "ref_vocab": reference.output_weights(None)}
 
     def loss(outputs, batch, refs):
@@ -84,7 +84,7 @@ def constrained_sft(*, beta_first: float = 0.5, beta_early: float = 2.0, beta_la
     beta_1 = beta_first, beta_2..beta_{early_until} = beta_early, beta_late after."""
 
     def reference_fn(reference: Reference, batch):
-        hidden = reference.hidden(batch["inputs"], batch["attention_mask"])
+        hidden = reference_hidden(reference, batch)
         return {"ref_logprobs": loss_target_logprobs(hidden, reference.output_weights(None), batch,
                                                      chunk_tokens=chunk_tokens)}
 

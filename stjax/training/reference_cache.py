@@ -83,7 +83,8 @@ def _global(arrays: dict) -> dict[str, np.ndarray]:
 
 
 class CachedBatches:
-    """A BatchIterator whose batches also carry the cached reference arrays."""
+    """A BatchIterator (or PackedBatchIterator) whose batches also carry the cached reference
+    arrays, scattered to each example's loss positions (in its segment, for packed rows)."""
 
     def __init__(self, batches: BatchIterator, cache: dict[int, dict[str, np.ndarray]]):
         self.batches, self.cache = batches, cache
@@ -106,11 +107,19 @@ class CachedBatches:
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self.batches)
         rows, width = batch["inputs"].shape
+        places = []  # (row, loss positions, example index) of every example in the batch
+        for r in range(rows):
+            if "segment_ids" in batch:  # packed rows: each segment is an example
+                for s, index in enumerate(batch["example_index"][r]):
+                    if index >= 0:
+                        places.append((r, np.flatnonzero((batch["loss_mask"][r] > 0)
+                                                         & (batch["segment_ids"][r] == s + 1)), int(index)))
+            elif batch["example_index"][r] >= 0:
+                places.append((r, np.flatnonzero(batch["loss_mask"][r]), int(batch["example_index"][r])))
         for key, (tail, dtype) in self.keys.items():
             out = np.zeros((rows, width, *tail), dtype)
-            for r, index in enumerate(batch["example_index"]):
-                if index >= 0:
-                    out[r, np.flatnonzero(batch["loss_mask"][r])] = self.cache[int(index)][key]
+            for r, positions, index in places:
+                out[r, positions] = self.cache[index][key]
             batch[key] = out
         return batch
 

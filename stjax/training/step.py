@@ -73,7 +73,10 @@ def make_reference(graphdef, params, frozen: Frozen) -> Reference:
     model = nnx.merge(graphdef, jax.lax.stop_gradient(reference_params), frozen.rest)
     model.eval()  # no dropout in the reference
 
-    def hidden(tokens, attention_mask):
+    def hidden(tokens, attention_mask, segment_ids=None, positions=None):
+        if segment_ids is not None:
+            return jax.lax.stop_gradient(model.hidden_states(tokens, attention_mask=attention_mask, positions=positions,
+                                                             segment_ids=segment_ids)[0])
         return jax.lax.stop_gradient(right_padded_hidden(model, tokens, attention_mask))
 
     return Reference(hidden, lambda columns=None: jax.lax.stop_gradient(model.output_weights(columns)))
