@@ -34,15 +34,29 @@ def examples(n=30, seed=0, longest=40):
     out = []
     for i in range(n):
         prompt, response = int(rng.integers(3, longest // 2)), int(rng.integers(2, longest // 2))
+        if i % 7 == 5:
+            prompt = 1  # shorter than the assistant header: its first input already predicts the response
         turns = ((1, 3),) if i % 4 == 0 else ()  # an earlier assistant turn, trained on too
         out.append(TokenizedExample(rng.integers(1, VOCAB, prompt + response).astype(np.int32), prompt, 100 + i, turns))
     return out
 
 
-def one_packed_batch(items, width):
-    """Every example, packed into rows of `width`, in one batch (in order, no shuffle)."""
+def one_packed_batch(items, width, empty_rows=0):
+    """Every example, packed into rows of `width`, in one batch (in order, no shuffle), with
+    `empty_rows` padding rows after them."""
     rows = PackedBatchIterator(items, 1, width, shuffle=False, process_index=0, process_count=1).batches_per_epoch
-    return next(PackedBatchIterator(items, rows, width, shuffle=False, process_index=0, process_count=1))
+    batch = next(PackedBatchIterator(items, rows + empty_rows, width, shuffle=False, process_index=0, process_count=1))
+    assert not batch["attention_mask"][rows:].any()
+    return batch
+
+
+def test_the_segment_budget_caps_rows_of_short_examples():
+    items = [TokenizedExample(np.array([5, 6, 7, 8], np.int32), 2, i) for i in range(40)]  # 3 positions each
+    items.append(TokenizedExample(np.arange(1, 5, dtype=np.int32), 1, 40))  # 3 positions, 3 of them loss
+    it = PackedBatchIterator(items, 2, 32, shuffle=False, process_index=0, process_count=1)
+    assert it.max_segments == 32 // 3 == 10
+    batch = next(it)
+    assert (batch["segment_ids"].max(axis=1) <= 10).all() and batch["segment_ids"].max() == 10
 
 
 def test_every_example_is_packed_once_an_epoch_within_the_budgets():
@@ -54,7 +68,7 @@ def test_every_example_is_packed_once_an_epoch_within_the_budgets():
         for _ in range(it.batches_per_epoch):
             batch = next(it)
             assert batch["inputs"].shape == (4, 64) and batch["loss_index"].shape == (4, it.loss_width)
-            assert batch["example_index"].shape == (4, it.max_segments)
+            assert batch["example_index"].shape == (4, it.max_segments) == (4, 64 // min(lengths.values()))
             for row in range(4):
                 members = [int(i) for i in batch["example_index"][row] if i >= 0]
                 seen += members
@@ -76,11 +90,12 @@ def test_every_example_is_packed_once_an_epoch_within_the_budgets():
 def test_packing_is_reproducible_resumable_and_split_over_processes():
     items = examples(120)
     first = PackedBatchIterator(items, 4, 64, seed=1, process_index=0, process_count=1)
-    run = [next(first) for _ in range(first.batches_per_epoch + 3)]  # into the second epoch
+    epoch0 = first.batches_per_epoch  # (each epoch packs anew: its count may differ by a batch)
+    run = [next(first) for _ in range(epoch0 + 3)]  # into the second epoch
     again = PackedBatchIterator(items, 4, 64, seed=1, process_index=0, process_count=1)
     again.set_state({"epoch": 1, "index": 2})
-    np.testing.assert_array_equal(next(again)["inputs"], run[first.batches_per_epoch + 2]["inputs"])
-    assert not np.array_equal(run[0]["inputs"], run[first.batches_per_epoch]["inputs"])  # epochs reshuffle
+    np.testing.assert_array_equal(next(again)["inputs"], run[epoch0 + 2]["inputs"])
+    assert not np.array_equal(run[0]["inputs"], run[epoch0]["inputs"])  # epochs reshuffle
     halves = [next(PackedBatchIterator(items, 4, 64, seed=1, process_index=p, process_count=2)) for p in (0, 1)]
     for key in run[0]:
         np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), run[0][key])
@@ -163,7 +178,7 @@ def llama_dir(tmp_path_factory):
 def test_packed_rows_give_the_loss_and_gradients_of_the_same_examples_unpacked(llama_dir, name):
     items = examples(16, seed=4)
     unpacked = next(BatchIterator(items, 16, 64, buckets=[64], shuffle=False, process_index=0, process_count=1))
-    packed = one_packed_batch(items, 64)
+    packed = one_packed_batch(items, 64, empty_rows=2)  # a final partial batch's padding rows too
     assert packed["inputs"].shape[0] < 16
     objective = OBJECTIVES[name]()
     want = loss_sums(llama_dir, unpacked, objective)
@@ -223,8 +238,10 @@ def test_turning_packing_on_in_a_run_is_a_changed_config_but_old_records_still_r
     old = {"data": {"max_len": 128, "packing": False}, "train": {"batch_size": 8}}
     assert config_changes(old, {"data": {"max_len": 128, "packing": True}, "train": {"batch_size": 8}}) == [
         "data.packing: False -> True"]
-    before_packing_existed = {"data": {"max_len": 128}, "train": {"batch_size": 8}}
+    before_packing_existed = {"data": {"max_len": 128}, "train": {"batch_size": 8}}  # such runs were unpacked
     assert config_changes(before_packing_existed, {"data": {"max_len": 128, "packing": False},
                                                    "train": {"batch_size": 8}}) == []
+    assert config_changes(before_packing_existed, {"data": {"max_len": 128, "packing": True},
+                                                   "train": {"batch_size": 8}}) == ["data.packing: False -> True"]
     assert config_changes(before_packing_existed, {"data": {"max_len": 64, "packing": False},
                                                    "train": {"batch_size": 8}}) == ["data.max_len: 128 -> 64"]

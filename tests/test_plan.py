@@ -56,6 +56,18 @@ def test_gpu_topologies_count_the_memory_jax_preallocates(monkeypatch, capsys):
     assert "XLA compile-only check: not run (compile-only checks are for TPU slices" in capsys.readouterr().out
 
 
+def test_packed_runs_plan_full_rows_and_fewer_steps(capsys):
+    config = str(ROOT / "configs" / "llama31_8b_sst2_pact.yaml")
+    args = ["--config", config, "--topology", "h100-1", "--examples", "5000", "--seq-len", "128", "--json"]
+    assert plan_cli.main(args) == 0
+    bucketed = json.loads(capsys.readouterr().out)
+    assert plan_cli.main(args + ["data.packing=true"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    # 5000 examples of ~128 tokens in rows of 512 at 90% fill: 1389 rows, 22 batches of 64 an epoch
+    assert bucketed["steps"] == 3 * 79 and packed["steps"] == 3 * 22
+    assert packed["tokens_per_step"] == 64 * 512 == 4 * bucketed["tokens_per_step"]
+
+
 def test_unknown_topology_is_one_line():
     with pytest.raises(ConfigKeyError, match="--topology 'tpu-8'"):
         plan.parse_topology("tpu-8")

@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     examples = args.examples if args.examples is not None else count_examples(config)
     kwargs = {"seq_len": seq_len, "examples": examples, "mfu": args.mfu, "safety_tokens": args.safety_tokens}
     est = estimate(config, topology, model_config, **kwargs)
-    if seq_source:
+    if seq_source and not config.data.packing:
         est.seq_len_source = seq_source
     knobs = suggestions(config, topology, model_config, est, **kwargs)
     compiled = None
@@ -86,7 +86,8 @@ def main(argv: list[str]) -> int:
                           "total_bytes": est.total_bytes, "hbm_bytes": topology.hbm_bytes, "fits": est.fits,
                           "errors": est.errors, "compiled": compiled, "params": est.params_total,
                           "trained_params": est.params_trained, "flops_per_step": est.flops_per_step,
-                          "step_seconds": est.step_seconds, "steps": est.steps, "chip_hours": est.chip_hours},
+                          "step_seconds": est.step_seconds, "steps": est.steps, "tokens_per_step": est.tokens_per_step,
+                          "chip_hours": est.chip_hours},
                          indent=2))
     else:
         print(report(config, est, source, knobs, compiled, args.price))

@@ -18,7 +18,9 @@ per segment: `stjax.pact.reference.packed_response_only`, `CachedBatches`).
 Fixed shapes: one width, and R (loss positions a row, `loss_index`) and S are fixed for the
 run: R from the data's share of loss tokens (a row takes no example beyond it), S from the
 shortest example. Order and resumption work as in `BatchIterator`: (epoch, next batch) is the
-state, and an epoch's plan is a function of (seed, epoch) alone.
+state, and an epoch's plan is a function of (seed, epoch) alone. Each epoch packs its own order,
+so its step count can differ from the first epoch's by a batch or so (the trainer sizes the run
+from the first).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class PackedBatchIterator(EpochBatches):
         self.losses = np.array([np.count_nonzero(e.loss_mask) for e in self.examples], np.int64)
         self.width, self.global_batch_size = max_len, global_batch_size
         self.loss_width = packed_loss_width(self.lengths, self.losses, max_len)
-        self.max_segments = max(1, max_len // max(int(self.lengths.min(initial=1)), 1))
+        self.max_segments = max(1, max_len // max(int(self.lengths.min()) if self.lengths.size else 1, 1))
         self.seed, self.shuffle, self.drop_last, self.with_loss_index = seed, shuffle, drop_last, loss_index
         self._start()
         if not self.batches_per_epoch:

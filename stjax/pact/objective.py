@@ -26,8 +26,10 @@ def kl_positions_mask(batch: dict, *, first_positions: int | None = None, at_end
     if first_positions is not None:
         mask &= batch["response_pos"] < first_positions
     if not at_end:
-        following = jnp.pad(batch["response_pos"][:, 1:] >= 0, ((0, 0), (0, 1)))
-        mask &= following
+        following = batch["response_pos"][:, 1:] >= 0
+        if "segment_ids" in batch:  # packed rows: the next token must be the same example's
+            following &= batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]
+        mask &= jnp.pad(following, ((0, 0), (0, 1)))
     return mask.astype(jnp.float32)
 
 

@@ -68,7 +68,8 @@ def reference_safety_logits(
 
     output_columns [D, K] are the safety-token columns of the reference's output matrix.
     The response-only pass runs at the width it needs, `response_only_width`, not the row's;
-    on packed rows (segment_ids) it runs in place, each example's prompt left out.
+    on packed rows (segment_ids) it runs in place at the row's full width, each example's
+    prompt left out of its segment.
     """
     inputs, attention = batch["inputs"], batch["attention_mask"]
     columns = output_columns

@@ -37,6 +37,9 @@ def compiled_memory(config, model_config, devices, *, safety_tokens: int = 50) -
     batch = {"inputs": (B, L, jnp.int32), "targets": (B, L, jnp.int32), "loss_mask": (B, L, jnp.float32),
              "attention_mask": (B, L, jnp.bool_), "response_pos": (B, L, jnp.int32), "example_index": (B, None, jnp.int32),
              "loss_index": (B, L, jnp.int32)}  # as the trainer's batches; R = L: the worst case, every position
+    if config.data.packing:  # packed rows: segments (the dense-mask attention path), one example index each
+        batch.update({"segment_ids": (B, L, jnp.int32), "positions": (B, L, jnp.int32),
+                      "example_index": (B, L, jnp.int32)})
     batch = {k: jax.ShapeDtypeStruct((b,) if l is None else (b, l), d) for k, (b, l, d) in batch.items()}
     if objective.needs_reference and not program.online:
         batch.update(_cached_ref_shapes(kind, B, L, safety_tokens))

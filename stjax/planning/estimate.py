@@ -49,6 +49,8 @@ class Estimate:
 FIT_FRACTION = 0.9  # of HBM; the rest: runtime, program, fragmentation, XLA scratch
 
 
+PACKED_FILL = 0.9  # how full packed rows are (benchmarks/packing.py measures 0.87-0.91 on SST-2)
+
 def resolve_mesh(mesh, chips: int) -> tuple[dict[str, int], list[str]]:
     sizes = {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
     known = math.prod(v for v in sizes.values() if v != -1)
@@ -219,7 +221,15 @@ def estimate(config, topology: Topology, model_config, *, seq_len: float | None 
                    if path[-1] != "bias" and len(v.shape) >= 2 and path[0] != "embed_tokens")  # kernels, adapters
     if model_config.tie_word_embeddings:
         n_matmul += model_config.vocab_size * model_config.hidden_size
-    if seq_len is None:
+    packed_fill = None  # packing: tokens an example takes in a row, over the rows' fill
+    cache_len = seq_len if seq_len is not None else float(config.data.max_len)  # the cache runs on unpacked rows
+    if config.data.packing:
+        packed_fill = (seq_len if seq_len is not None else config.data.max_len) / PACKED_FILL
+        seq_len = float(config.data.max_len)
+        seq_len_source = "max_len (data.packing: full rows)"
+        notes.append(f"data.packing: batch_size rows of max_len a step; steps from the examples' estimated width "
+                     f"at {PACKED_FILL:.0%} fill")
+    elif seq_len is None:
         seq_len, seq_len_source = float(config.data.max_len), "max_len (worst case; pass --seq-len)"
     else:
         seq_len_source = "given" if isinstance(seq_len, (int, float)) else str(seq_len)
@@ -240,11 +250,13 @@ def estimate(config, topology: Topology, model_config, *, seq_len: float | None 
     cache_seconds = 0.0
     if examples:
         per_epoch = math.ceil(examples / config.train.batch_size)
+        if packed_fill:  # rows of max_len hold examples of the mean width, PACKED_FILL full
+            per_epoch = math.ceil(examples * packed_fill / (config.train.batch_size * config.data.max_len))
         steps = config.train.epochs * per_epoch
         if config.train.max_steps is not None:
             steps = min(steps, config.train.max_steps)
         if needs_ref and not online:
-            cache_seconds = 2 * forward * examples * seq_len / (peak * mfu)
+            cache_seconds = 2 * forward * examples * cache_len / (peak * mfu)
     return Estimate(topology, mesh, memory, n_trained + n_rest, n_trained, tokens_per_step, seq_len_source, steps,
                     examples, flops, mfu, step_seconds, cache_seconds, notes, errors)
 

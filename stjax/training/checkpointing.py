@@ -29,6 +29,8 @@ log = get_logger(__name__)
 STATE_PARTS = {"model": ("path", "revision", "dtype"), "lora": None, "optimizer": None, "train": ("batch_size", "grad_accum", "seed"),
                "data": ("train", "harmful", "harmful_ratio", "safety", "safety_ratio", "mix_seed", "max_len", "buckets",
                         "system_prompt", "train_on", "packing")}
+# state-shaping keys added after checkpoints began recording them: the value in effect before
+ADDED_LATER = {("data", "packing"): False}
 # tensorstore's words for a checkpoint file that is missing, cut short or unreadable
 DAMAGE = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "Error reading", "No such file", "not valid for value of size",
           "Unexpected end", "corrupt")
@@ -67,13 +69,14 @@ def write_failure(error: BaseException) -> str | None:
 
 def config_changes(old: dict, new: dict) -> list[str]:
     """`section.key: old -> new` for each state-shaping setting that differs (a key the old
-    record lacks was added to stjax after it was written, and is not compared)."""
+    record lacks, added to stjax after it was written, had the value of ADDED_LATER)."""
     changes = []
     for section, keys in STATE_PARTS.items():
-        before, after = old.get(section) or {}, new.get(section) or {}
+        before, after = dict(old.get(section) or {}), new.get(section) or {}
+        for key in keys or ():
+            if (section, key) in ADDED_LATER and key not in before and section in old:
+                before[key] = ADDED_LATER[section, key]
         for key in keys or sorted(set(before) | set(after)):
-            if keys and key not in before and section in old:
-                continue
             if before.get(key) != after.get(key):
                 changes.append(f"{section}.{key}: {before.get(key)!r} -> {after.get(key)!r}")
     return changes
