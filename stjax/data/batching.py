@@ -21,6 +21,7 @@ stage 1, the eval's safety-token mass).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 import numpy as np
@@ -115,7 +116,7 @@ def empty_batch(rows: int, width: int) -> dict[str, np.ndarray]:
             "response_pos": np.full(shape, -1, np.int32)}
 
 
-class EpochBatches:
+class EpochBatches(abc.ABC):
     """What bucketed and packed batches share: a plan of batches per epoch, a function of
     (seed, epoch) alone (`_epoch_plan`, by the subclass), each turned into this process's rows
     (`_collate`); (epoch, next batch) is the whole state."""
@@ -124,11 +125,13 @@ class EpochBatches:
         self._epoch, self._index = 0, 0
         self._plan_epoch, self._plan = -1, []
 
+    @abc.abstractmethod
     def _epoch_plan(self, epoch: int) -> list:
-        raise NotImplementedError
+        """The batches of `epoch`, in order (cached for the current epoch)."""
 
+    @abc.abstractmethod
     def _collate(self, entry) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """One plan entry -> this process's host batch."""
 
     @property
     def batches_per_epoch(self) -> int:
