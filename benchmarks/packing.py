@@ -8,8 +8,10 @@ step) and the packed plan (`PackedBatchIterator`, `--batch` rows of max_len a st
 epoch give the positions every step computes over the real tokens of the data (1.00: no
 padding) and the steps an epoch takes.
 
-Epoch time: the SFT train step (the trainer's program: AdamW, LoRA q/v, loss positions
-gathered) of a random Llama-shaped model (`--vocab`, `--hidden`, `--layers`; the vocabulary of
+Epoch time: the train step (the trainer's program: AdamW, LoRA q/v, loss positions
+gathered; SFT, or PACT with `--loss pact_cached` / `pact_online`: the cached reference's
+arrays ride in each batch, the online one runs the full-context and response-only reference
+passes in the step, per segment on packed rows) of a random Llama-shaped model (`--vocab`, `--hidden`, `--layers`; the vocabulary of
 SmolLM2 by default) is compiled for every batch width the plans use and timed on real batches
 of that width (interleaved rounds, medians); an epoch costs the sum over its steps of their
 width's step time. Packed rows attend within each example, but the attention runs over the
@@ -17,6 +19,7 @@ whole row (its mask is block-diagonal), so the epoch ratio also shows what that 
 
     python benchmarks/packing.py                       # max_len 128 and 256, batch 8
     python benchmarks/packing.py --max-len 512 --batch 16
+    python benchmarks/packing.py --loss pact_online --max-len 256
 
 Skips (exit 0) when the data or the tokenizer is absent.
 """
@@ -31,7 +34,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from _common import build_model, compile_step, device_batch, fresh, llama_config, step_runner, time_interleaved
+from _common import (
+    build_model, cached_refs, compile_step, device_batch, fresh, llama_config, step_runner, time_interleaved,
+)
 from stjax.data.batching import BatchIterator
 from stjax.data.packing import PackedBatchIterator
 from stjax.training.objectives import LossSection, build_objective
@@ -70,6 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--loss", choices=["sft", "pact_cached", "pact_online"], default="sft")
     args = parser.parse_args(argv)
     if not (SHARED / "sst2_5k_p_0.1.json").is_file():
         print(f"skipped: {SHARED / 'sst2_5k_p_0.1.json'} is absent")
@@ -80,9 +86,17 @@ def main(argv=None) -> int:
         print("skipped: the SmolLM2 tokenizer is absent (stjax fetch smollm2)")
         return 0
     config = llama_config(vocab=args.vocab, hidden=args.hidden, layers=args.layers)
-    objective = build_objective(LossSection(kind="sft"))
+    ref = "online" if args.loss == "pact_online" else "cached"
+    if args.loss == "sft":
+        objective = build_objective(LossSection(kind="sft"))
+    else:  # 50 safety tokens of the vocabulary, standardized weights as stage 1 leaves them
+        rng = np.random.default_rng(0)
+        weights = rng.uniform(0.1, 1.0, 50).astype(np.float32)
+        objective = build_objective(LossSection(kind="pact", ref=ref), header_len=4,
+                                    safety_weights=weights / np.linalg.norm(weights),
+                                    safety_ids=rng.choice(args.vocab, 50, replace=False).astype(np.int32))
     graphdef, params, rest = build_model(config, lora=True)
-    print(f"SST-2 mix (sst2_5k_p_0.1.json, SmolLM2 chat template); SFT step of a random model: vocab {args.vocab}, "
+    print(f"SST-2 mix (sst2_5k_p_0.1.json, SmolLM2 chat template); {args.loss} step of a random model: vocab {args.vocab}, "
           f"hidden {args.hidden}, {args.layers} layers, LoRA q/v, float32, {jax.devices()[0].platform}")
     print(f"{'max_len':>7} {'layout':<9} {'steps':>6} {'rows x width a step':<22} {'computed/real':>13} "
           f"{'epoch s':>9} {'x bucketed':>10}")
@@ -99,8 +113,12 @@ def main(argv=None) -> int:
             widths, samples = epoch_widths(batches)
             runners = {}
             for width, batch in sorted(samples.items()):
-                compiled, state, frozen, _ = compile_step(graphdef, fresh(params), rest, batch, objective, lora=True)
-                runners[width] = step_runner(compiled, state, frozen, device_batch(batch))
+                batch = device_batch(batch)
+                if ref == "cached" and objective.needs_reference:  # the arrays CachedBatches adds
+                    batch.update(cached_refs(objective, graphdef, params, rest, batch))
+                compiled, state, frozen, _ = compile_step(graphdef, fresh(params), rest, batch, objective, lora=True,
+                                                          ref=ref)
+                runners[width] = step_runner(compiled, state, frozen, batch)
             time_interleaved(runners, warmup=1, repeats=args.repeats)
             epoch = sum(count * runners[width].median for width, count in widths.items())
             computed = sum(count * args.batch * width for width, count in widths.items())
