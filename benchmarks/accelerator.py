@@ -168,14 +168,17 @@ def main(argv=None):
     parser.add_argument("--header-len", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scan-layers", action="store_true", help="the layers stacked under lax.scan (model.scan_layers)")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     hf = hf_dict(args.shape) | ({"num_hidden_layers": args.layers} if args.layers else {})
-    config = ModelConfig.from_hf_dict(hf, source=args.shape, param_dtype=dtype, compute_dtype=dtype)
+    config = ModelConfig.from_hf_dict(hf, source=args.shape, param_dtype=dtype, compute_dtype=dtype,
+                                      scan_layers=args.scan_layers)
     peak, device_text = device_peak(args.peak_tflops)
-    print(f"jax {jax.__version__}, {device_text}; {args.shape} shape ({hf['num_hidden_layers']} layers), {dtype}; "
+    print(f"jax {jax.__version__}, {device_text}; {args.shape} shape ({hf['num_hidden_layers']} layers"
+          f"{', scanned' if args.scan_layers else ''}), {dtype}; "
           f"batch {args.batch} x {args.length}, response {args.response_frac:.0%} of each row")
     rng = np.random.default_rng(0)
     ids = rng.choice(config.vocab_size, args.safety_tokens, replace=False).astype(np.int32)

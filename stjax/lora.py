@@ -25,6 +25,7 @@ from stjax.configlib import ConfigKeyError
 from stjax.models.partitioning import host_array
 from stjax.fileio import atomic_directory
 from stjax.models.checkpoint_io import hf_name
+from stjax.models.layer_stack import layer_paths, layer_slices
 from stjax.models.transformer import CausalLM, Projection
 
 
@@ -78,35 +79,52 @@ class DropoutKey(nnx.Variable):
     the model (see `with_dropout_keys`), so dropout needs no mutable RNG state."""
 
 
+def fold_path(key: jax.Array, path: tuple) -> jax.Array:
+    """`key` folded with a variable's path: a key of its own, the same however it is reached."""
+    return jax.random.fold_in(key, zlib.crc32(repr(path).encode()) & 0x7FFFFFFF)
+
+
 def with_dropout_keys(state: nnx.State, key: jax.Array) -> nnx.State:
-    """`state` with every adapter's DropoutKey replaced by `key` folded with its path."""
+    """`state` with every adapter's DropoutKey replaced by `key` folded with its path (a
+    stacked adapter's keys with each layer's own path: the masks of scanned layers are
+    those of the loop)."""
 
     def one(path, var):
         if not isinstance(var, DropoutKey):
             return var
-        return var.replace(jax.random.fold_in(key, zlib.crc32(repr(path).encode()) & 0x7FFFFFFF))
+        if var.get_value().ndim == 0:
+            return var.replace(fold_path(key, path))
+        return var.replace(jnp.stack([fold_path(key, p) for p in layer_paths(path, var.get_value().shape[0])]))
 
     return nnx.map_state(one, state)
 
 
 class LoraAdapter(nnx.Module):
-    def __init__(self, base: Projection, rank: int, alpha: float, dropout: float, rngs: nnx.Rngs,
+    """B A on a projection; on a stacked projection of scanned layers, one A and B per layer
+    stacked on a leading axis (the scan hands each layer its own)."""
+
+    def __init__(self, base: Projection, rank: int, alpha: float, dropout: float, keys: Sequence[jax.Array],
                  rslora: bool = False):
-        in_axes = base.weight.logical_axes[: len(base.in_shape)]
-        out_axes = base.weight.logical_axes[len(base.in_shape):]
+        """`keys`: one initialization key per layer row (one for an unstacked projection)."""
+        lead = 0 if base.stack is None else 1
+        stack_axes, stack_shape = base.weight.logical_axes[:lead], (() if base.stack is None else (base.stack,))
+        in_axes = base.weight.logical_axes[lead: lead + len(base.in_shape)]
+        out_axes = base.weight.logical_axes[lead + len(base.in_shape):]
         fan_in = int(np.prod(base.in_shape))
         dtype = base.weight.dtype
         # PEFT's init: A ~ U(+-1/sqrt(fan_in)) (kaiming-uniform with a=sqrt(5)), B = 0.
         bound = 1.0 / math.sqrt(fan_in)
-        self.a = LoraParam(
-            jax.random.uniform(rngs.params(), (*base.in_shape, rank), dtype, -bound, bound),
-            logical_axes=(*in_axes, "lora_rank"),
-        )
-        self.b = LoraParam(jnp.zeros((rank, *base.out_shape), dtype), logical_axes=("lora_rank", *out_axes))
+        draws = [jax.random.uniform(key, (*base.in_shape, rank), dtype, -bound, bound) for key in keys]
+        self.a = LoraParam(draws[0] if base.stack is None else jnp.stack(draws),
+                           logical_axes=(*stack_axes, *in_axes, "lora_rank"))
+        self.b = LoraParam(jnp.zeros((*stack_shape, rank, *base.out_shape), dtype),
+                           logical_axes=(*stack_axes, "lora_rank", *out_axes))
+        self.stack = base.stack
         self.scale = lora_scale(alpha, rank, rslora)
         self.rslora = rslora
         self.dropout = dropout
-        self.dropout_key = DropoutKey(jax.random.key(0)) if dropout > 0 else None
+        placeholder = jax.random.key(0) if base.stack is None else jax.random.split(jax.random.key(0), base.stack)
+        self.dropout_key = DropoutKey(placeholder) if dropout > 0 else None  # set per step (with_dropout_keys)
         self.deterministic = False  # model.eval() turns dropout off
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -117,8 +135,12 @@ class LoraAdapter(nnx.Module):
         return jnp.tensordot(down, self.b[...].astype(x.dtype), axes=1) * self.scale
 
     def delta(self) -> jax.Array:
-        """The update to the base kernel, in its [in..., out...] layout."""
-        return jnp.tensordot(self.a[...], self.b[...], axes=1) * self.scale
+        """The update to the base kernel, in its [in..., out...] layout ([layers, in..., out...]
+        when stacked)."""
+        product = lambda a, b: jnp.tensordot(a, b, axes=1)  # noqa: E731
+        if self.stack is not None:
+            product = jax.vmap(product)
+        return product(self.a[...], self.b[...]) * self.scale
 
 
 def adapted_projections(model: CausalLM, targets: Sequence[str] | None = None):
@@ -130,13 +152,19 @@ def adapted_projections(model: CausalLM, targets: Sequence[str] | None = None):
             yield path, module
 
 
+def adapter_keys(seed: int, path: tuple, projection: Projection) -> list[jax.Array]:
+    """The initialization key of each layer's adapter at `path`, from the layer's own path:
+    scanned and looped layers draw the same matrices."""
+    paths = [path] if projection.stack is None else layer_paths(path, projection.stack)
+    return [fold_path(jax.random.key(seed), p) for p in paths]
+
+
 def apply_lora(model: CausalLM, *, rank: int, alpha: float, dropout: float = 0.0,
                targets: Sequence[str] | str = ("q_proj", "v_proj"), seed: int = 0, rslora: bool = False) -> CausalLM:
     """Attaches fresh adapters in place; the model is unchanged until B is trained."""
-    rngs = nnx.Rngs(params=seed)
     found = list(adapted_projections(model, expand_targets(targets)))
-    for _, projection in found:
-        projection.lora = LoraAdapter(projection, rank, alpha, dropout, rngs, rslora)
+    for path, projection in found:
+        projection.lora = LoraAdapter(projection, rank, alpha, dropout, adapter_keys(seed, path, projection), rslora)
     _place_like_base(found)
     return model
 
@@ -148,9 +176,10 @@ def _place_like_base(found) -> None:
         if not isinstance(base, jax.sharding.NamedSharding):
             continue
         spec = tuple(base.spec) + (None,) * (projection.weight.ndim - len(base.spec))
-        n_in = len(projection.in_shape)
+        lead = 0 if projection.stack is None else 1  # the layer axis of a stacked projection
+        n_in = lead + len(projection.in_shape)
         a_spec = jax.sharding.PartitionSpec(*spec[:n_in], None)
-        b_spec = jax.sharding.PartitionSpec(None, *spec[n_in:])
+        b_spec = jax.sharding.PartitionSpec(*spec[:lead], None, *spec[n_in:])
         adapter = projection.lora
         adapter.a.set_value(jax.device_put(adapter.a[...], jax.sharding.NamedSharding(base.mesh, a_spec)))
         adapter.b.set_value(jax.device_put(adapter.b[...], jax.sharding.NamedSharding(base.mesh, b_spec)))
@@ -174,13 +203,14 @@ def save_peft_adapter(model: CausalLM, out_dir: str | Path, *, base_model: str =
     tensors, targets, rslora = {}, set(), False
     for path, projection in adapted_projections(model):
         rslora |= projection.lora.rslora
-        name = hf_name((*path, "weight"))[: -len(".weight")]
-        a, b = host_array(projection.lora.a[...]), host_array(projection.lora.b[...])
-        if dtype is not None:
-            a, b = a.astype(dtype), b.astype(dtype)
-        # PEFT stores torch Linear layouts: lora_A [r, in], lora_B [out, r].
-        tensors[f"base_model.model.{name}.lora_A.weight"] = np.ascontiguousarray(a.reshape(-1, a.shape[-1]).T)
-        tensors[f"base_model.model.{name}.lora_B.weight"] = np.ascontiguousarray(b.reshape(b.shape[0], -1).T)
+        a_all, b_all = host_array(projection.lora.a[...]), host_array(projection.lora.b[...])
+        for (layer_path, a), (_, b) in zip(layer_slices(path, a_all), layer_slices(path, b_all)):
+            name = hf_name((*layer_path, "weight"))[: -len(".weight")]
+            if dtype is not None:
+                a, b = a.astype(dtype), b.astype(dtype)
+            # PEFT stores torch Linear layouts: lora_A [r, in], lora_B [out, r].
+            tensors[f"base_model.model.{name}.lora_A.weight"] = np.ascontiguousarray(a.reshape(-1, a.shape[-1]).T)
+            tensors[f"base_model.model.{name}.lora_B.weight"] = np.ascontiguousarray(b.reshape(b.shape[0], -1).T)
         targets.add(path[-1])
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,

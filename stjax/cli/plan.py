@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     hf, source = model_hf_config(config.model.path, args.model_config)
     model_config = ModelConfig.from_hf_dict(hf, source=source, param_dtype=config.model.dtype,
                                             compute_dtype=config.model.compute_dtype or config.model.dtype,
-                                            remat=config.model.remat)
+                                            remat=config.model.remat, scan_layers=config.model.scan_layers)
     seq_len = args.seq_len
     seq_source = None
     if seq_len is None:

@@ -16,6 +16,7 @@ from safetensors.numpy import load_file
 from stjax.fileio import read_json_object
 from stjax.lora import ALL_LINEAR, TARGETS, adapted_projections, apply_lora
 from stjax.models.checkpoint_io import CheckpointError, hf_name
+from stjax.models.layer_stack import layer_paths
 from stjax.models.transformer import CausalLM
 
 CONFIG_FILE = "adapter_config.json"
@@ -64,13 +65,15 @@ def load_peft_adapter(model: CausalLM, adapter_dir: str | Path) -> CausalLM:
                targets=config["target_modules"], rslora=bool(config.get("use_rslora")))
     used = set()
     for path, projection in adapted_projections(model):
-        prefix = "base_model.model." + hf_name((*path, "weight"))[: -len(".weight")]
         a, b = projection.lora.a, projection.lora.b
-        rank, n_in, n_out = a.shape[-1], int(np.prod(a.shape[:-1])), int(np.prod(b.shape[1:]))
-        for var, key, shape in ((a, f"{prefix}.lora_A.weight", (n_in, rank)),
-                                (b, f"{prefix}.lora_B.weight", (rank, n_out))):
-            _assign(var, _input_major(tensors, key, shape, weights_path))
-            used.add(key)
+        stacked = projection.stack is not None  # scanned layers: one row per layer's tensors
+        a_shape, b_shape = a.shape[stacked:], b.shape[stacked:]
+        rank, n_in, n_out = a_shape[-1], int(np.prod(a_shape[:-1])), int(np.prod(b_shape[1:]))
+        layers = layer_paths(path, projection.stack) if stacked else [path]
+        for var, part, shape in ((a, "lora_A", (n_in, rank)), (b, "lora_B", (rank, n_out))):
+            keys = ["base_model.model." + hf_name((*p, "weight"))[: -len(".weight")] + f".{part}.weight" for p in layers]
+            _assign(var, np.stack([_input_major(tensors, key, shape, weights_path) for key in keys]))
+            used.update(keys)
     unused = sorted(set(tensors) - used)
     if unused:
         raise CheckpointError(f"{weights_path}: {len(unused)} tensor(s) match no adapted module, "

@@ -25,6 +25,7 @@ from stjax.errors import UserError
 from stjax.fileio import atomic_directory
 from stjax.hub import local_dir
 from stjax.models.config import ModelConfig
+from stjax.models.layer_stack import is_stacked, layer_paths, layer_slices
 from stjax.models.partitioning import DEFAULT_RULES, Rules, checked_sharding, host_array
 from stjax.models.transformer import CausalLM
 
@@ -144,27 +145,35 @@ def load_into(
     abstract = nnx.eval_shape(model_factory)
     graphdef, state = nnx.split(abstract)
     device = SingleDeviceSharding(jax.devices()[0])
-    for path, var in nnx.to_flat_state(state):
-        shape, dtype = var.shape, var.dtype
+
+    def read(path, shape):
         name = hf_name(path)
         if available is not None and name not in available:
             raise CheckpointError(f"{source}: tensor '{name}' is missing")
         try:
-            array = to_model_layout(path, tensors(name), shape)
+            return to_model_layout(path, tensors(name), shape)
         except CheckpointError as e:
             raise CheckpointError(f"{source}: {e}") from None
+
+    for path, var in nnx.to_flat_state(state):
+        shape, dtype = var.shape, var.dtype
+        if is_stacked(path):  # scanned layers: the Hub's per-layer tensors, stacked (in the file's dtype)
+            array = np.stack([read(p, shape[1:]) for p in layer_paths(path, shape[0])])
+        else:
+            array = read(path, shape)
         sharding = (
             device if mesh is None
-            else checked_sharding(shape, var.logical_axes, mesh, rules, what=f"parameter {name}")
+            else checked_sharding(shape, var.logical_axes, mesh, rules, what=f"parameter {hf_name(path)}")
         )
         var.set_value(place(array, sharding, dtype))
     return nnx.merge(graphdef, state)
 
 
-def runtime_options(dtype=jnp.float32, compute_dtype=None, remat: str = "none", attention: str = "auto") -> dict:
+def runtime_options(dtype=jnp.float32, compute_dtype=None, remat: str = "none", attention: str = "auto",
+                    scan_layers: bool = False) -> dict:
     """The ModelConfig fields a loader takes from its caller rather than the checkpoint."""
     return dict(param_dtype=jnp.dtype(dtype).name, compute_dtype=jnp.dtype(compute_dtype or dtype).name,
-                remat=remat, attention=attention)
+                remat=remat, attention=attention, scan_layers=bool(scan_layers))
 
 
 def from_pretrained(
@@ -176,6 +185,7 @@ def from_pretrained(
     rules: Rules = DEFAULT_RULES,
     remat: str = "none",
     attention: str = "auto",
+    scan_layers: bool = False,
 ) -> CausalLM:
     """Loads a Hub-format directory (config.json + safetensors), or a Hub id through the
     Hugging Face cache, onto the mesh.
@@ -183,7 +193,7 @@ def from_pretrained(
     dtype is the parameter storage dtype; compute_dtype (default: dtype) the activations'.
     """
     path = local_dir(str(path))
-    config = ModelConfig.from_pretrained(path, **runtime_options(dtype, compute_dtype, remat, attention))
+    config = ModelConfig.from_pretrained(path, **runtime_options(dtype, compute_dtype, remat, attention, scan_layers))
     reader = SafetensorsReader(path)
     return load_into(lambda: CausalLM(config, rngs=nnx.Rngs(0)), reader.get,
                      mesh=mesh, rules=rules, available=reader.names(), source=str(path))
@@ -191,12 +201,14 @@ def from_pretrained(
 
 # ------------------------------------------------------------------ writing
 def hf_tensors(model: CausalLM, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
-    """(checkpoint name, host array in HF layout), one parameter at a time."""
+    """(checkpoint name, host array in HF layout), one parameter at a time (a stacked
+    parameter of scanned layers one layer at a time: never a whole stack on the host)."""
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        array = host_array(var.get_value())
-        if dtype is not None:
-            array = array.astype(np.dtype(dtype))
-        yield hf_name(path), np.ascontiguousarray(to_hf_layout(path, array))
+        for layer_path, part in layer_slices(path, var.get_value()):
+            array = host_array(part)
+            if dtype is not None:
+                array = array.astype(np.dtype(dtype))
+            yield hf_name(layer_path), np.ascontiguousarray(to_hf_layout(layer_path, array))
 
 
 def save_pretrained(

@@ -51,6 +51,7 @@ class ModelConfig:
     compute_dtype: str = "float32"
     remat: str = "none"
     attention: str = "auto"  # auto: cuDNN flash attention on GPUs, XLA elsewhere (stjax.models.attention)
+    scan_layers: bool = False  # the layers stacked and run under lax.scan (stjax.models.layer_stack)
     # The checkpoint's config.json as read, so a save writes back every key it had.
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -64,6 +65,10 @@ class ModelConfig:
             raise ConfigError(f"remat={self.remat!r}: expected one of {REMAT_POLICIES}")
         if self.sliding_windows is not None and len(self.sliding_windows) != self.num_layers:
             raise ConfigError("sliding_windows must have one entry per layer")
+        if self.scan_layers and self.sliding_windows and len(set(self.sliding_windows)) > 1:
+            raise ConfigError(f"model.scan_layers: the layers have different sliding windows "
+                              f"({sorted(set(self.sliding_windows), key=str)}), a scan needs identical layers; "
+                              "set model.scan_layers: false")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

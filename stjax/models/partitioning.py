@@ -32,6 +32,7 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "mlp": "tensor",
     "norm": None,
     "lora_rank": None,
+    "layers": None,  # the stacked axis of scanned layers (model.scan_layers): every device holds all layers' slices
 }
 
 Rules = Mapping[str, "str | tuple[str, ...] | None"]

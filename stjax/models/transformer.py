@@ -1,7 +1,8 @@
 """The decoder-only transformer of the Llama family, in Flax NNX.
 
 Module and attribute names mirror the Hugging Face checkpoints (`embed_tokens`,
-`layers.N.self_attn.q_proj`, ...), so a parameter path is its checkpoint name. Every
+`layers.N.self_attn.q_proj`, ...), so a parameter path is its checkpoint name (with
+`scan_layers`, a stacked parameter's rows are: `stjax.models.layer_stack`). Every
 parameter carries `logical_axes` metadata that `stjax.models.partitioning` maps onto the
 mesh. Kernels are stored input-major ([in..., out...]); attention projections keep heads
 as their own dimension so tensor parallelism splits whole heads.
@@ -19,9 +20,11 @@ from flax import nnx
 
 from stjax.models.attention import causal_mask, get_attention, resolve_attention
 from stjax.models.config import ModelConfig
+from stjax.models.layer_stack import scan_stack, stack_modules
 from stjax.models.rope import apply_rope, inverse_frequencies
 
 _REMAT_POLICIES = {
+    "none": None,
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
@@ -31,13 +34,13 @@ _REMAT_POLICIES = {
 class KVCache(NamedTuple):
     """Keys/values of every layer for a fixed number of slots, filled left to right.
 
-    keys/values: per layer [B, S, kv_heads, head_dim]; valid [B, S] marks filled
-    non-padding slots; index is the next slot to write (shared by the batch, prompts
-    are left-padded).
+    keys/values: per layer [B, S, kv_heads, head_dim] (a tuple, or one array with the layer
+    axis first when the layers are scanned); valid [B, S] marks filled non-padding slots;
+    index is the next slot to write (shared by the batch, prompts are left-padded).
     """
 
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
+    keys: tuple[jax.Array, ...] | jax.Array
+    values: tuple[jax.Array, ...] | jax.Array
     valid: jax.Array
     index: jax.Array
 
@@ -45,7 +48,10 @@ class KVCache(NamedTuple):
     def empty(cls, config: ModelConfig, batch: int, slots: int) -> "KVCache":
         shape = (batch, slots, config.num_kv_heads, config.head_dim)
         dtype = jnp.dtype(config.compute_dtype)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        if config.scan_layers:
+            zeros = jnp.zeros((config.num_layers, *shape), dtype)
+        else:
+            zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
         return cls(zeros, zeros, jnp.zeros((batch, slots), bool), jnp.zeros((), jnp.int32))
 
 
@@ -85,6 +91,7 @@ class Projection(nnx.Module):
             nnx.Param(jnp.zeros(self.out_shape, param_dtype), logical_axes=tuple(out_axes)) if use_bias else None
         )
         self.lora = nnx.data(None)  # a stjax.lora.LoraAdapter once adapters are attached
+        self.stack = None  # the number of layers when this is a stacked (scanned) layer's projection
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n = len(self.in_shape)
@@ -183,7 +190,14 @@ class CausalLM(nnx.Module):
             nnx.initializers.normal(0.02)(rngs.params(), (config.vocab_size, config.hidden_size), pd),
             logical_axes=("vocab", "embed"),
         )
-        self.layers = nnx.List([DecoderLayer(config, i, rngs=rngs) for i in range(config.num_layers)])
+        layers = [DecoderLayer(config, i, rngs=rngs) for i in range(config.num_layers)]
+        if config.scan_layers:  # one stacked layer, run under lax.scan (stjax.models.layer_stack)
+            self.layers = stack_modules(layers)
+            for _, module in nnx.iter_graph(self.layers):
+                if isinstance(module, Projection):
+                    module.stack = config.num_layers
+        else:
+            self.layers = nnx.List(layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
         self.lm_head = (
             None
@@ -237,16 +251,33 @@ class CausalLM(nnx.Module):
         query_slots = offset + jnp.arange(L)
 
         x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.config.compute_dtype)
-        new_keys, new_values = [], []
-        for i, layer in enumerate(self.layers):
-            cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = self._layer_fn(layer, x, positions, query_slots, key_valid, cache_kv, offset, lengths,
-                                       segment_ids)
-            new_keys.append(k)
-            new_values.append(v)
+        if self.config.scan_layers:
+            def body(layer, carry, i):  # the stacked cache rides in the carry: updated in place, a layer at a time
+                x, keys, values = carry
+                cache_kv = None if keys is None else (jax.lax.dynamic_index_in_dim(keys, i, keepdims=False),
+                                                      jax.lax.dynamic_index_in_dim(values, i, keepdims=False))
+                x, (k, v) = layer(x, positions, query_slots, key_valid, cache_kv, offset, lengths, segment_ids)
+                if keys is not None:
+                    keys = jax.lax.dynamic_update_index_in_dim(keys, k.astype(keys.dtype), i, 0)
+                    values = jax.lax.dynamic_update_index_in_dim(values, v.astype(values.dtype), i, 0)
+                return (x, keys, values), None
+
+            carry = (x, None, None) if cache is None else (x, cache.keys, cache.values)
+            (x, new_keys, new_values), _ = scan_stack(self.layers, carry, jnp.arange(self.config.num_layers), body,
+                                                      remat=self.config.remat != "none",
+                                                      remat_policy=_REMAT_POLICIES[self.config.remat])
+        else:
+            new_keys, new_values = [], []
+            for i, layer in enumerate(self.layers):
+                cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
+                x, (k, v) = self._layer_fn(layer, x, positions, query_slots, key_valid, cache_kv, offset, lengths,
+                                           segment_ids)
+                new_keys.append(k)
+                new_values.append(v)
+            new_keys, new_values = tuple(new_keys), tuple(new_values)
         x = self.norm(x)
         if cache is not None:
-            cache = KVCache(tuple(new_keys), tuple(new_values), key_valid, offset + L)
+            cache = KVCache(new_keys, new_values, key_valid, offset + L)
         return x, cache
 
     def output_weights(self, columns: jax.Array | None = None) -> jax.Array:

@@ -11,6 +11,7 @@ import functools
 import math
 
 from stjax.lora import expand_targets
+from stjax.models.layer_stack import is_matrix
 from stjax.models.sections import mesh_rules
 from stjax.planning.hardware import Topology
 
@@ -95,7 +96,7 @@ def abstract_model(model_config, lora, *, for_compile: bool = False):
 def _abstract_model(model_config, lora: tuple):
     from flax import nnx
 
-    from stjax.lora import LoraAdapter, LoraParam, adapted_projections
+    from stjax.lora import LoraAdapter, LoraParam, adapted_projections, adapter_keys
     from stjax.models.transformer import CausalLM
 
     enabled, rank, alpha, dropout, targets = lora
@@ -103,9 +104,8 @@ def _abstract_model(model_config, lora: tuple):
     def build():
         model = CausalLM(model_config, rngs=nnx.Rngs(0))
         if enabled:
-            rngs = nnx.Rngs(params=0)
-            for _, projection in adapted_projections(model, targets):
-                projection.lora = LoraAdapter(projection, rank, alpha, dropout, rngs)
+            for path, projection in adapted_projections(model, targets):
+                projection.lora = LoraAdapter(projection, rank, alpha, dropout, adapter_keys(0, path, projection))
         return model
 
     model = nnx.eval_shape(build)
@@ -128,7 +128,9 @@ def _param_bytes(state, mesh, rules) -> tuple[float, int, dict, list[str]]:
         per_chip += n * itemsize / shards
         count += n
         if path[0] == "layers":  # gathered over fsdp for the layer's matmuls, still split over tensor
-            per_layer[path[1]] = per_layer.get(path[1], 0) + n * itemsize * fsdp / shards
+            rows = [path[1]] if isinstance(path[1], int) else range(shape[0])  # scanned layers: one row each
+            for i in rows:
+                per_layer[i] = per_layer.get(i, 0) + n * itemsize * fsdp / shards / len(rows)
     return per_chip, count, per_layer, errors
 
 
@@ -218,7 +220,7 @@ def estimate(config, topology: Topology, model_config, *, seq_len: float | None 
 
     # FLOPs: 2N per token forward (matmul weights) + attention scores; LoRA skips weight gradients.
     n_matmul = sum(math.prod(v.shape) for path, v in _flat_params(rest) + _flat_params(trained)
-                   if path[-1] != "bias" and len(v.shape) >= 2 and path[0] != "embed_tokens")  # kernels, adapters
+                   if is_matrix(path, v.shape) and path[0] != "embed_tokens")  # kernels, adapters
     if model_config.tie_word_embeddings:
         n_matmul += model_config.vocab_size * model_config.hidden_size
     packed_fill = None  # packing: tokens an example takes in a row, over the rows' fill

@@ -26,11 +26,12 @@ log = get_logger(__name__)
 
 # the config parts that shape a checkpoint's state or give its numbers their meaning: a
 # resumed run must share them (train.max_steps, epochs, logging, eval and export may change)
-STATE_PARTS = {"model": ("path", "revision", "dtype"), "lora": None, "optimizer": None, "train": ("batch_size", "grad_accum", "seed"),
+STATE_PARTS = {"model": ("path", "revision", "dtype", "scan_layers"), "lora": None, "optimizer": None,
+               "train": ("batch_size", "grad_accum", "seed"),
                "data": ("train", "harmful", "harmful_ratio", "safety", "safety_ratio", "mix_seed", "max_len", "buckets",
                         "system_prompt", "train_on", "packing")}
 # state-shaping keys added after checkpoints began recording them: the value in effect before
-ADDED_LATER = {("data", "packing"): False}
+ADDED_LATER = {("data", "packing"): False, ("model", "scan_layers"): False}
 # tensorstore's words for a checkpoint file that is missing, cut short or unreadable
 DAMAGE = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "Error reading", "No such file", "not valid for value of size",
           "Unexpected end", "corrupt")

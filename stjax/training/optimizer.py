@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from stjax.models.layer_stack import is_matrix
 
 
 @dataclasses.dataclass
@@ -45,8 +46,9 @@ def make_schedule(cfg: OptimizerSection, total_steps: int, steps_per_epoch: int)
 
 
 def decay_mask(params: nnx.State) -> nnx.State:
-    """Weight decay on matrices only: never on norm scales or biases."""
-    return nnx.map_state(lambda path, var: var.ndim >= 2, params)
+    """Weight decay on matrices only: never on norm scales or biases (however the layers are
+    laid out: a scanned layer's norm scale is [layers, hidden] and still no matrix)."""
+    return nnx.map_state(lambda path, var: is_matrix(path, var.shape), params)
 
 
 def make_optimizer(cfg: OptimizerSection, schedule: optax.Schedule) -> optax.GradientTransformation:
