@@ -17,6 +17,7 @@ from stjax.lora import LoraParam, apply_lora
 from stjax.models import ModelConfig, init_model, make_mesh
 from stjax.lora import LoraSection
 from stjax.objective import Objective
+from stjax.training.objectives import LossSection, build_objective
 from stjax.training.optimizer import OptimizerSection, make_optimizer, make_schedule
 from stjax.training.program import build_program, compiled_step
 from stjax.training.step import Frozen, make_reference, split_model
@@ -54,6 +55,23 @@ def chat_batch(rows: int, length: int, vocab: int, *, response_frac: float = 0.2
         "response_pos": np.where(loss_mask, pos - start[:, None], -1).astype(np.int32),
         "loss_index": loss_index(loss_mask, min(length, -(-most // 8) * 8)),
     }
+
+
+def synthetic_safety_tokens(vocab: int, count: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random vocabulary ids and weights in [0.1, 1), standing in for stage 1's."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(vocab, count, replace=False).astype(np.int32)
+    return ids, rng.uniform(0.1, 1.0, count).astype(np.float32)
+
+
+def bench_objective(kind: str, vocab: int, *, ref: str = "cached", safety_tokens: int = 50, header_len: int = 4,
+                    seed: int = 0) -> Objective:
+    """The trainer's objective of `kind`; PACT's on `synthetic_safety_tokens`."""
+    if kind == "sft":
+        return build_objective(LossSection(kind="sft"))
+    ids, weights = synthetic_safety_tokens(vocab, safety_tokens, seed)
+    return build_objective(LossSection(kind=kind, ref=ref), safety_ids=ids, safety_weights=weights,
+                           header_len=header_len)
 
 
 def build_model(config: ModelConfig, *, lora: bool, seed: int = 0):

@@ -39,10 +39,9 @@ import time
 import jax
 import numpy as np
 
-from _common import (Runner, build_model, cached_refs, chat_batch, compile_step, device_batch, fresh, paired_ratio,
-                     step_runner, time_interleaved)
+from _common import (Runner, bench_objective, build_model, cached_refs, chat_batch, compile_step, device_batch, fresh,
+                     paired_ratio, step_runner, synthetic_safety_tokens, time_interleaved)
 from stjax.models import ModelConfig
-from stjax.training.objectives import LossSection, build_objective
 
 SHAPES = {  # Hub config.json fields of the checkpoints these stand in for
     "tiny": dict(vocab_size=4096, hidden_size=128, intermediate_size=448, num_hidden_layers=2,
@@ -180,16 +179,13 @@ def main(argv=None):
     print(f"jax {jax.__version__}, {device_text}; {args.shape} shape ({hf['num_hidden_layers']} layers"
           f"{', scanned' if args.scan_layers else ''}), {dtype}; "
           f"batch {args.batch} x {args.length}, response {args.response_frac:.0%} of each row")
-    rng = np.random.default_rng(0)
-    ids = rng.choice(config.vocab_size, args.safety_tokens, replace=False).astype(np.int32)
-    weights = rng.uniform(0.1, 1.0, args.safety_tokens).astype(np.float32)
     host = chat_batch(args.batch, args.length, config.vocab_size, response_frac=args.response_frac)
     batch = device_batch(host)
     real, loss_tokens = int(host["attention_mask"].sum()), int(host["loss_mask"].sum())
     post_width = min(args.length, host["loss_index"].shape[1] + args.header_len)
 
     def objective(kind, ref="cached"):
-        return build_objective(LossSection(kind=kind, ref=ref), safety_ids=ids, safety_weights=weights,
+        return bench_objective(kind, config.vocab_size, ref=ref, safety_tokens=args.safety_tokens,
                                header_len=args.header_len)
 
     plans = [("sft", "cached", False), ("pact", "cached", False), ("pact", "online", False)]
@@ -211,7 +207,9 @@ def main(argv=None):
             online = ((real, real / args.batch), (loss_tokens + args.batch * args.header_len, post_width))
             flops[name] = model_flops(hf, rows=args.batch, real_tokens=real, loss_tokens=loss_tokens, full=full,
                                       online_tokens=online if ref == "online" else ())
-    runners.update(torch_steps(hf, host, ids, weights, args.header_len, dtype=dtype) if args.torch else {})
+    if args.torch:
+        ids, weights = synthetic_safety_tokens(config.vocab_size, args.safety_tokens)
+        runners.update(torch_steps(hf, host, ids, weights, args.header_len, dtype=dtype))
     time_interleaved(runners, warmup=args.warmup, repeats=args.repeats)
 
     base = runners["sft (lora)"]

@@ -32,21 +32,19 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from _common import (
-    build_model, cached_refs, compile_step, device_batch, fresh, llama_config, step_runner, time_interleaved,
+    bench_objective, build_model, cached_refs, compile_step, device_batch, fresh, llama_config, step_runner,
+    time_interleaved,
 )
 from stjax.data.batching import BatchIterator
 from stjax.data.packing import PackedBatchIterator
-from stjax.training.objectives import LossSection, build_objective
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pact-reference"
 
 
 def tokenized_mix(max_len: int):
     from stjax.assets import smollm2_path
-    from stjax.data.records import Conversation, Message
     from stjax.data.sources import read_conversations
     from stjax.data.tokenize import tokenize_conversations
     from stjax.models.sections import load_tokenizer
@@ -87,14 +85,7 @@ def main(argv=None) -> int:
         return 0
     config = llama_config(vocab=args.vocab, hidden=args.hidden, layers=args.layers)
     ref = "online" if args.loss == "pact_online" else "cached"
-    if args.loss == "sft":
-        objective = build_objective(LossSection(kind="sft"))
-    else:  # 50 safety tokens of the vocabulary, standardized weights as stage 1 leaves them
-        rng = np.random.default_rng(0)
-        weights = rng.uniform(0.1, 1.0, 50).astype(np.float32)
-        objective = build_objective(LossSection(kind="pact", ref=ref), header_len=4,
-                                    safety_weights=weights / np.linalg.norm(weights),
-                                    safety_ids=rng.choice(args.vocab, 50, replace=False).astype(np.int32))
+    objective = bench_objective("sft" if args.loss == "sft" else "pact", args.vocab, ref=ref)
     graphdef, params, rest = build_model(config, lora=True)
     print(f"SST-2 mix (sst2_5k_p_0.1.json, SmolLM2 chat template); {args.loss} step of a random model: vocab {args.vocab}, "
           f"hidden {args.hidden}, {args.layers} layers, LoRA q/v, float32, {jax.devices()[0].platform}")

@@ -44,15 +44,11 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from _common import (
-    Runner, build_model, cached_refs, chat_batch, compile_step, device_batch, fresh, llama_config, memory,
-    paired_ratio, reference_program, step_runner, time_interleaved,
+    Runner, bench_objective, build_model, cached_refs, chat_batch, compile_step, device_batch, fresh, llama_config,
+    memory, paired_ratio, reference_program, step_runner, time_interleaved,
 )
-from stjax.training.objectives import LossSection
-from stjax.training.objectives import build_objective
 
 
 def main(argv=None):
@@ -80,13 +76,9 @@ def main(argv=None):
           f"{'full fine-tuning' if args.full else 'LoRA q/v'}; batch {args.batch} x {args.length}, "
           f"K = {args.safety_tokens} safety tokens")
 
-    rng = np.random.default_rng(args.seed)
-    ids = rng.choice(config.vocab_size, args.safety_tokens, replace=False).astype(np.int32)
-    weights = rng.uniform(0.1, 1.0, args.safety_tokens).astype(np.float32)
-
     def objective(kind, ref="cached"):
-        return build_objective(LossSection(kind=kind, ref=ref), safety_ids=ids, safety_weights=weights,
-                               header_len=args.header_len)
+        return bench_objective(kind, config.vocab_size, ref=ref, safety_tokens=args.safety_tokens,
+                               header_len=args.header_len, seed=args.seed)
 
     graphdef, params, rest = build_model(config, lora=not args.full, seed=args.seed)
     batch = device_batch(chat_batch(args.batch, args.length, config.vocab_size, response_frac=args.response_frac,

@@ -22,22 +22,11 @@ import argparse
 import numpy as np
 
 from _common import (
-    build_model, cached_refs, chat_batch, compile_step, device_batch, fresh, llama_config, paired_ratio, step_runner,
-    time_interleaved,
+    bench_objective, build_model, cached_refs, chat_batch, compile_step, device_batch, fresh, llama_config,
+    paired_ratio, step_runner, time_interleaved,
 )
-from stjax.training.objectives import LossSection, build_objective
-
-SAFETY = 50
 
 
-def objective_for(method: str):
-    if method == "sft":
-        return build_objective(LossSection(kind="sft")), "cached"
-    ids = np.arange(3, 3 + SAFETY, dtype=np.int32)
-    weights = np.linspace(1.0, 0.1, SAFETY).astype(np.float32)
-    weights /= np.linalg.norm(weights)
-    ref = method.split("_")[1]
-    return build_objective(LossSection(kind="pact", ref=ref), safety_ids=ids, safety_weights=weights, header_len=4), ref
 
 
 def main(argv=None) -> int:
@@ -60,7 +49,9 @@ def main(argv=None) -> int:
     print("| step | compile loop (s) | compile scan (s) | compile scan/loop | step scan/loop | first loss loop | scan |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for method in args.methods:
-        objective, ref = objective_for(method)
+        kind, _, ref = method.partition("_")
+        ref = ref or "cached"
+        objective = bench_objective(kind, args.vocab, ref=ref)
         compile_s, runners, first = {}, {}, {}
         for layout in ("loop", "scan"):
             config = llama_config(vocab=args.vocab, hidden=args.hidden, layers=args.layers)

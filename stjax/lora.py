@@ -159,13 +159,23 @@ def adapter_keys(seed: int, path: tuple, projection: Projection) -> list[jax.Arr
     return [fold_path(jax.random.key(seed), p) for p in paths]
 
 
-def apply_lora(model: CausalLM, *, rank: int, alpha: float, dropout: float = 0.0,
-               targets: Sequence[str] | str = ("q_proj", "v_proj"), seed: int = 0, rslora: bool = False) -> CausalLM:
-    """Attaches fresh adapters in place; the model is unchanged until B is trained."""
+def attach_adapters(model: CausalLM, *, rank: int, alpha: float, dropout: float = 0.0,
+                    targets: Sequence[str] | str = ("q_proj", "v_proj"), seed: int = 0,
+                    rslora: bool = False) -> list:
+    """Fresh adapters on every targeted projection, in place, not yet placed on a mesh (so it
+    also runs abstractly, under eval_shape); returns the (path, projection) pairs."""
     found = list(adapted_projections(model, expand_targets(targets)))
     for path, projection in found:
         projection.lora = LoraAdapter(projection, rank, alpha, dropout, adapter_keys(seed, path, projection), rslora)
-    _place_like_base(found)
+    return found
+
+
+def apply_lora(model: CausalLM, *, rank: int, alpha: float, dropout: float = 0.0,
+               targets: Sequence[str] | str = ("q_proj", "v_proj"), seed: int = 0, rslora: bool = False) -> CausalLM:
+    """Attaches fresh adapters in place, on the mesh of their base kernels; the model is
+    unchanged until B is trained."""
+    _place_like_base(attach_adapters(model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, seed=seed,
+                                     rslora=rslora))
     return model
 
 

@@ -24,9 +24,8 @@ def compiled_memory(config, model_config, devices, *, safety_tokens: int = 50) -
     if errors:
         raise ConfigKeyError(errors[0])
     mesh = jax.sharding.Mesh(np.array(devices).reshape([mesh_sizes[a] for a in MESH_AXES]), MESH_AXES)
-    graphdef, trained, rest = abstract_model(model_config.replace(remat=config.model.remat, scan_layers=config.model.scan_layers),
-                                             config.lora,
-                                             for_compile=True)
+    layout = model_config.replace(remat=config.model.remat, scan_layers=config.model.scan_layers)
+    graphdef, trained, rest = abstract_model(layout, config.lora, for_compile=True)
     kind = config.loss.kind
     ids = np.arange(safety_tokens, dtype=np.int32) if kind in ("pact", "pact_bucket") else None
     weights = np.ones(safety_tokens, np.float32) if ids is not None else None

@@ -96,7 +96,7 @@ def abstract_model(model_config, lora, *, for_compile: bool = False):
 def _abstract_model(model_config, lora: tuple):
     from flax import nnx
 
-    from stjax.lora import LoraAdapter, LoraParam, adapted_projections, adapter_keys
+    from stjax.lora import LoraParam, attach_adapters
     from stjax.models.transformer import CausalLM
 
     enabled, rank, alpha, dropout, targets = lora
@@ -104,8 +104,7 @@ def _abstract_model(model_config, lora: tuple):
     def build():
         model = CausalLM(model_config, rngs=nnx.Rngs(0))
         if enabled:
-            for path, projection in adapted_projections(model, targets):
-                projection.lora = LoraAdapter(projection, rank, alpha, dropout, adapter_keys(0, path, projection))
+            attach_adapters(model, rank=rank, alpha=alpha, dropout=dropout, targets=targets)
         return model
 
     model = nnx.eval_shape(build)
