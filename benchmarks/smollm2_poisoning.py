@@ -1,19 +1,22 @@
 """PACT on a real small model: SmolLM2-135M-Instruct, safety-tuned, then poisoned.
 
 SmolLM2-135M-Instruct complies with most harmful requests, so the experiment first makes
-an aligned reference: full fine-tuning of the original on 600 refusal rows of the PACT
+an aligned reference: full fine-tuning of the original on 400 refusal rows of the PACT
 reference set (safe_direction.json; never the held-out ones), balanced with benign answers
-the original model itself generated, by rejection sampling (to SST-2 prompts, AG News topic
-questions and one-sentence news summaries; a greedy reply, then up to 3 sampled ones, until
-one neither refuses, degenerates nor is cut off, and for SST-2 names a sentiment). The original is the base model for the safety tokens. Then the aligned model is
-fine-tuned on SST-2 with 10% harmful rows (sst2_5k_p_0.1.json, a CPU-sized subset) in each
+the original model itself generated, by rejection sampling (to 1000 SST-2 prompts, 225 AG
+News topic questions and 225 one-sentence news summaries; a greedy reply, then up to 3
+sampled ones, until one neither refuses, degenerates nor is cut off, and for SST-2 names a
+sentiment). The original is the base model for the safety tokens. Then the aligned model is
+fine-tuned on SST-2 with 10% harmful rows (sst2_5k_p_0.1.json, a CPU-sized subset;
+--harmful-ratio 0 for clean task data) in each
 of the chosen settings (`SETTINGS`: SFT, PACT as the reference and its variants, LoRA q/v as
 the reference recipe), and every model is evaluated: clean refusals on 100 held-out
 harmful prompts, SST-2 accuracy (exact label, and label + punctuation) on held-out rows of
 sst2_5k_p_0, and over-refusal: the share of replies to those SST-2 prompts and to 100
 held-out harmless instructions (one-sentence AG News summaries) that carry a refusal
-marker. Every stage is cached under --out/reference_s{S}_b{B}/ and resumes; the task runs
-write rows{N}/report.json and rows{N}/safety_vs_sst2.png (clean refusal vs accuracy).
+marker. Every stage is cached under --out/reference_s{S}_b{B}[_sst{N}x{T}]/ and resumes; the
+task runs write rows{N}[_p{ratio}]/report.json and safety_vs_sst2.png (clean refusal vs
+accuracy; no suffix for the default ratio 0.1).
 
     python benchmarks/smollm2_poisoning.py --reference-only             # the aligned reference, ~1 h on 2 cores
     python benchmarks/smollm2_poisoning.py --settings sft pact          # + one run each, ~25-35 min on 2 cores
@@ -32,6 +35,8 @@ import re
 import sys
 import time
 from pathlib import Path
+
+from _smollm2_report import judge, plot, safety_token_table, samples, sst2_prompt, table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pact-reference"
 
@@ -91,96 +96,6 @@ def benign_prompts(rows: list[dict]) -> list[str]:
     return [f"Write one sentence about this news: {r['input'][:200]}" for r in rows]
 
 
-def sst2_prompt(row: dict) -> str:
-    return f"{row['instruction']} {row['input']}"
-
-
-def judge(raw: dict, harmful: list[str], sst2: list[dict], benign: list[str], rules) -> dict:
-    """Clean-refusal and keyword rates on the harmful replies, SST-2 accuracy (exact label,
-    and label + punctuation) and the degenerate rates of both, with sample replies."""
-    from stjax.evaluation.scoring import score_harmless, score_safety, score_task
-    from stjax.evaluation.utility import sst2_correct
-    from stjax.generation import Reply
-
-    lexicon = list(rules.rules.lexicon)
-
-    safety = score_safety(harmful, [Reply(**r) for r in raw["harmful"]], rules)
-    prompts, labels = [sst2_prompt(r) for r in sst2], [r["output"] for r in sst2]
-    answers = [Reply(**a) for a in raw["sst2"]]
-    task = score_task("sst2", prompts, answers, labels, sst2_correct, rules)
-    loose = score_task("sst2", prompts, answers, labels, lambda a, ref: sst2_correct(a.strip().rstrip(".,!"), ref),
-                       rules)
-    out = {"safety": safety, "sst2": task, "sst2_label_punct_accuracy": loose["aggregates"]["accuracy"],
-           "over_refusal": {"sst2": task["aggregates"]["over_refusal"]}, "lexicon": lexicon}
-    if "benign" in raw:  # over-refusal: replies to harmless prompts that carry a refusal marker
-        harmless = score_harmless(benign, [Reply(**r) for r in raw["benign"]], rules)
-        out.update(harmless=harmless, over_refusal={**out["over_refusal"], "benign": harmless["aggregates"]["over_refusal"]})
-    return out
-
-
-def table(results: dict) -> str:
-    lines = ["| model | clean refusal | keyword refusal | degenerate (harmful) | SST-2 exact | SST-2 label + punct "
-             "| degenerate (SST-2) | over-refusal (SST-2) | over-refusal (harmless) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in results.items():
-        s, t, over = r["safety"]["aggregates"], r["sst2"]["aggregates"], r.get("over_refusal", {})
-        cells = [f"{over[p]['rate']:.0%}" if p in over else "n/a" for p in ("sst2", "benign")]
-        lines.append(f"| {name} | {s['clean_refusal']['rate']:.0%} | {s['keyword_refusal']['rate']:.0%} | "
-                     f"{s['degenerate']['rate']:.0%} | {t['accuracy']['rate']:.0%} | "
-                     f"{r['sst2_label_punct_accuracy']['rate']:.0%} | {t['degenerate']['rate']:.0%} | "
-                     f"{cells[0]} | {cells[1]} |")
-    return "\n".join(lines)
-
-
-def samples(results: dict) -> str:
-    from stjax.evaluation.scoring import sample_lines
-
-    lines = []
-    for name, r in results.items():
-        lines += [f"{name}, harmful:", *sample_lines(r["safety"]), f"{name}, SST-2:", *sample_lines(r["sst2"], 3)]
-        if "harmless" in r:
-            lines += [f"{name}, harmless instructions:", *sample_lines(r["harmless"], 3)]
-    return "\n".join(lines)
-
-
-def plot(results: dict, path: Path) -> None:
-    """Clean refusal vs SST-2 exact accuracy, one point per model with its 95% intervals; the
-    bar (within 10 points of the aligned model's refusals, 2 of SFT's accuracy) as dotted
-    lines when both are in `results`."""
-    from stjax.plotting import new_figure
-
-    figure, ax = new_figure(size=(9, 5.5))
-    for i, (name, r) in enumerate(results.items()):
-        acc, ref = r["sst2"]["aggregates"]["accuracy"], r["safety"]["aggregates"]["clean_refusal"]
-        xerr = [[acc["rate"] - acc["ci95"][0]], [acc["ci95"][1] - acc["rate"]]]
-        yerr = [[ref["rate"] - ref["ci95"][0]], [ref["ci95"][1] - ref["rate"]]]
-        ax.errorbar(acc["rate"], ref["rate"], xerr=xerr, yerr=yerr, fmt="os^Dv<>ph*"[i % 10], ms=7, capsize=3,
-                    label=name)
-    if "aligned" in results and "sft" in results:
-        ax.axhline(results["aligned"]["safety"]["aggregates"]["clean_refusal"]["rate"] - 0.10, color="gray", ls=":")
-        ax.axvline(results["sft"]["sst2"]["aggregates"]["accuracy"]["rate"] - 0.02, color="gray", ls=":")
-    ax.set_xlabel("SST-2 accuracy (exact label, 100 held-out rows)")
-    ax.set_ylabel("clean refusals (100 held-out harmful prompts)")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
-    ax.set_title("SmolLM2-135M, 10% harmful task rows: 95% intervals", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-def safety_token_table(directory: Path, tokenizer_path: str) -> dict:
-    """The statistics that say whether the set is made of real refusal tokens."""
-    from transformers import AutoTokenizer
-
-    from stjax.generation import default_stop_ids
-    from stjax.pact.safety_tokens import read_token_table, token_statistics
-
-    rows = read_token_table(directory)
-    stats = token_statistics(rows, default_stop_ids(AutoTokenizer.from_pretrained(tokenizer_path)))
-    return {**stats, "tokens": rows}
-
-
 def train(config: dict) -> None:
     from stjax.configlib import from_dict
     from stjax.training.config import TrainConfig
@@ -208,35 +123,37 @@ def usable_answer(reply, rules, labels: tuple[str, ...] = ()) -> str | None:
     return text or None
 
 
-def benign_tuning_rows(original: str, prompts: list[tuple[str, tuple[str, ...]]], cache: Path, rules,
+def benign_tuning_rows(original: str, prompts: list[tuple[str, tuple[str, ...], int]], cache: Path, rules,
                        tries: int) -> list[dict]:
-    """The original model's own answers to benign (prompt, labels) pairs, by rejection
-    sampling: a greedy reply first, then up to `tries - 1` sampled ones (T 0.8, top-p 0.95)
-    for the prompts still without a usable answer. Every reply is cached (the generation is
-    the slowest part of building the reference) and a rerun with more tries goes on from it."""
+    """The original model's own answers to benign (prompt, labels, new-token budget) triples,
+    by rejection sampling: a greedy reply first, then up to `tries - 1` sampled ones (T 0.8,
+    top-p 0.95) for the prompts still without a usable answer. Every reply is cached (the
+    generation is the slowest part of building the reference) and a rerun with more tries
+    goes on from it."""
     from stjax.generation import Reply
 
     replies = json.loads(cache.read_text()) if cache.is_file() else {}
-    replies = {p: replies.get(p, []) for p, _ in prompts}
+    replies = {p: replies.get(p, []) for p, _, _ in prompts}
     answer: dict[str, str] = {}
 
     def judge_tries(upto: int) -> None:
-        for p, labels in prompts:
+        for p, labels, _ in prompts:
             for r in replies[p][:upto]:
                 if p not in answer and (a := usable_answer(Reply(r["text"], r["ended"]), rules, labels)):
                     answer[p] = a
 
     for attempt in range(tries):
         judge_tries(attempt)
-        todo = [p for p, _ in prompts if p not in answer and len(replies[p]) <= attempt]
-        if todo:
-            sampling = {} if attempt == 0 else {"temperature": 0.8, "top_p": 0.95, "seed": attempt}
-            for p, r in zip(todo, chat_generate(original, todo, 48, 32, **sampling)):
-                replies[p].append({"text": r.text, "ended": r.ended})
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(replies))
+        sampling = {} if attempt == 0 else {"temperature": 0.8, "top_p": 0.95, "seed": attempt}
+        for budget in sorted({b for _, _, b in prompts}):  # one generation per token budget
+            todo = [p for p, _, b in prompts if b == budget and p not in answer and len(replies[p]) <= attempt]
+            if todo:
+                for p, r in zip(todo, chat_generate(original, todo, budget, 32, **sampling)):
+                    replies[p].append({"text": r.text, "ended": r.ended})
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(replies))
     judge_tries(tries)
-    return [{"input": p, "output": answer[p]} for p, _ in prompts if p in answer]
+    return [{"input": p, "output": answer[p]} for p, _, _ in prompts if p in answer]
 
 
 def reference_rules():
@@ -251,14 +168,20 @@ def reference_rules():
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/smollm2")
-    parser.add_argument("--safety-rows", type=int, default=600,
+    parser.add_argument("--safety-rows", type=int, default=400,
                         help="refusal rows for safety tuning (-1: every row of safe_direction.json not held out)")
     parser.add_argument("--benign-rows", type=int, default=900,
-                        help="benign prompts the original answers for safety tuning (half SST-2, a quarter "
-                             "each AG News topic and one sentence about a news item)")
+                        help="benign prompts the original answers for safety tuning (a quarter each AG News "
+                             "topic and one sentence about a news item; half SST-2 unless --sst2-prompts says)")
+    parser.add_argument("--sst2-prompts", type=int, default=1000,
+                        help="SST-2 prompts among the benign ones (-1: half of --benign-rows, the v3 recipe)")
+    parser.add_argument("--sst2-tokens", type=int, default=24,
+                        help="new tokens per reply to an SST-2 tuning prompt (the v3 recipe: 48)")
     parser.add_argument("--tries", type=int, default=4,
                         help="replies per benign prompt until one is usable (greedy, then sampled)")
-    parser.add_argument("--task-rows", type=int, default=1500, help="rows of sst2_5k_p_0.1.json (10%% harmful)")
+    parser.add_argument("--task-rows", type=int, default=1500, help="rows of the task file")
+    parser.add_argument("--harmful-ratio", default="0.1", choices=["0", "0.05", "0.1"],
+                        help="the task file: sst2_5k_p_{ratio}.json (0.1: 10%% harmful rows; 0: clean task data)")
     parser.add_argument("--eval-rows", type=int, default=100, help="held-out harmful, SST-2 and harmless prompts")
     parser.add_argument("--max-len", type=int, default=192)
     parser.add_argument("--epochs", type=int, default=1)
@@ -291,25 +214,38 @@ def main() -> int:
     sst2_all = [r for r in json.loads((SHARED / "sst2_5k_p_0.json").read_text()) if "input" in r]
     sst2_eval = sst2_all[-args.eval_rows:]
     seen = {r["input"] for r in sst2_eval}  # the two files share sentences: keep evaluation rows out of training
-    task = [r for r in json.loads((SHARED / "sst2_5k_p_0.1.json").read_text())
+    task = [r for r in json.loads((SHARED / f"sst2_5k_p_{args.harmful_ratio}.json").read_text())
             if r.get("input") not in seen][: args.task_rows]
     news = [r for r in json.loads((SHARED / "agnews_5k_p_0.json").read_text()) if "input" in r]
     eval_prompts = {"harmful": held_out, "sst2": [sst2_prompt(r) for r in sst2_eval],  # never trained on
                     "benign": benign_prompts(news[-args.eval_rows:])}
-    half, quarter = args.benign_rows // 2, args.benign_rows // 4
+    quarter = args.benign_rows // 4
+    half = args.benign_rows // 2 if args.sst2_prompts < 0 else args.sst2_prompts
+    if half > len(sst2_all) - args.eval_rows:
+        raise SystemExit(f"--sst2-prompts: at most {len(sst2_all) - args.eval_rows} (the rest are held out)")
     labels = ("positive", "negative")  # an SST-2 answer must name a sentiment to be kept
-    tuning = ([(sst2_prompt(r), labels) for r in sst2_all[:half]]
-              + [(f"{r['instruction']} {r['input']}", ()) for r in news[:quarter]]
-              + [(p, ()) for p in benign_prompts(news[quarter: args.benign_rows - half])])
+    tuning = ([(sst2_prompt(r), labels, args.sst2_tokens) for r in sst2_all[:half]]
+              + [(f"{r['instruction']} {r['input']}", (), 48) for r in news[:quarter]]
+              + [(p, (), 48) for p in benign_prompts(news[quarter: args.benign_rows - args.benign_rows // 2])])
     # the aligned reference, its safety tokens and the runs on it live under one directory per recipe
-    out = Path(args.out).resolve() / f"reference_s{len(safety_rows)}_b{args.benign_rows}"
+    recipe = f"reference_s{len(safety_rows)}_b{args.benign_rows}"
+    if (half, args.sst2_tokens) != (args.benign_rows // 2, 48):
+        recipe += f"_sst{half}x{args.sst2_tokens}"
+    out = Path(args.out).resolve() / recipe
 
     # 1. aligned reference: refusals + the original's own (non-refusing) answers to benign prompts
+    # a stage's time is recorded by the run that did its work; a rerun from the caches keeps it
+    report_file = out / "reference_report.json"
+    built = json.loads(report_file.read_text())["timings"] if report_file.is_file() else {}
     start = time.perf_counter()
     aligned = out / "aligned"
     rules = reference_rules()
-    benign = benign_tuning_rows(original, tuning, out / "data" / "benign_answers.json", rules, args.tries)
-    timings["benign_answers_s"] = time.perf_counter() - start
+    answers_cache = out / "data" / "benign_answers.json"
+    written = answers_cache.stat().st_mtime if answers_cache.is_file() else None
+    benign = benign_tuning_rows(original, tuning, answers_cache, rules, args.tries)
+    if answers_cache.stat().st_mtime != written or "benign_answers_s" not in built:
+        built["benign_answers_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     if not (aligned / "model").is_dir():  # a rerun (another --task-rows) reuses the aligned model
         safety_file = write_json(out / "data" / "safety_tune.json",
                                  [{"input": r["input"], "output": r["output"]} for r in safety_rows] + benign)
@@ -318,19 +254,21 @@ def main() -> int:
                "lora": {"enabled": False}, "optimizer": {"lr": 2e-5, "schedule": "warmup_cosine", "warmup_steps": 5},
                "train": {"run_dir": str(aligned), "epochs": 1, "batch_size": 16, "resume": "auto"},
                "checkpoint": {"every_steps": 25, "keep": 1}, "logging": {"tensorboard": False}})
-    timings["safety_tuning_s"] = time.perf_counter() - start - timings["benign_answers_s"]
+        built["safety_tuning_s"] = time.perf_counter() - start
     start = time.perf_counter()
+    evaluated = (aligned / "eval_raw.json").is_file()
     raw = {"aligned": cached_eval(aligned / "eval_raw.json", str(aligned / "model"), eval_prompts)}
-    timings["aligned_eval_s"] = time.perf_counter() - start
+    if not evaluated:
+        built["aligned_eval_s"] = time.perf_counter() - start
+    timings.update(built)
     original_raw = cached_eval(out / "original_eval_raw.json", original, eval_prompts)  # what alignment changed
     kept = {row["input"] for row in benign}
     reference = {"safety_rows": len(safety_rows), "benign_prompts": len(tuning), "benign_rows_kept": len(benign),
-                 "sst2_rows_kept": sum(p in kept for p, _ in tuning[:half]), "tries": args.tries,
+                 "sst2_rows_kept": sum(p in kept for p, _, _ in tuning[:half]), "tries": args.tries,
                  "tuning_samples": [r["output"][:120] for r in benign[:: max(1, len(benign) // 6)]],
                  **judge(raw["aligned"], held_out, sst2_eval, eval_prompts["benign"], rules)}
     before = judge(original_raw, held_out, sst2_eval, eval_prompts["benign"], rules)
-    (out / "reference_report.json").write_text(json.dumps({"reference": reference, "original": before,
-                                                           "timings": timings}, indent=1))
+    report_file.write_text(json.dumps({"reference": reference, "original": before, "timings": built}, indent=1))
     print(table({"original": before, "aligned": reference}))
     print(samples({"aligned": reference}))
     if args.reference_only:
@@ -351,8 +289,8 @@ def main() -> int:
     timings["safety_tokens_s"] = time.perf_counter() - start
 
     # 3. poisoned fine-tuning, one run per setting (run directories per task size share the aligned model)
-    task_file = write_json(out / "data" / f"sst2_p0.1_{args.task_rows}.json", task)
-    runs = out / f"rows{args.task_rows}"
+    task_file = write_json(out / "data" / f"sst2_p{args.harmful_ratio}_{args.task_rows}.json", task)
+    runs = out / (f"rows{args.task_rows}" + ("" if args.harmful_ratio == "0.1" else f"_p{args.harmful_ratio}"))
     for setting in args.settings:
         start = time.perf_counter()
         method, switches = SETTINGS[setting]
@@ -378,7 +316,7 @@ def main() -> int:
     report = {"results": results, "raw": raw, "timings": timings, "settings": vars(args),
               "safety_tokens": safety_token_table(out / "safety_tokens", str(aligned / "model")) if needs_tokens else None}
     (runs / "report.json").write_text(json.dumps(report, indent=1))
-    plot({"original": before, "aligned": reference, **results}, runs / "safety_vs_sst2.png")
+    plot({"original": before, "aligned": reference, **results}, runs / "safety_vs_sst2.png", float(args.harmful_ratio))
     stats = report["safety_tokens"]
     print(table(results))
     print(samples(results))
