@@ -29,6 +29,7 @@ Scale it up on an accelerator with --task-rows 5000 --eval-rows 500 --max-len 51
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
@@ -65,16 +66,23 @@ def write_json(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+@functools.lru_cache(maxsize=1)
+def load_chat_model(model_path: str):
+    """The model and tokenizer the last generation used: the reference's rejection sampling
+    asks for the original once per round and token budget."""
+    from transformers import AutoTokenizer
+
+    from stjax.models import from_pretrained
+
+    return from_pretrained(model_path), AutoTokenizer.from_pretrained(model_path)
+
+
 def chat_generate(model_path: str, prompts: list[str], max_new_tokens: int, batch: int, **sampling) -> list:
     """Replies (stjax.generation.Reply: text, and whether a stop id ended it), greedy unless
     `sampling` sets a temperature (and top_p, seed)."""
-    from transformers import AutoTokenizer
-
     from stjax.generation import generate_chat
-    from stjax.models import from_pretrained
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = from_pretrained(model_path)
+    model, tokenizer = load_chat_model(model_path)
     out = []
     for i in range(0, len(prompts), batch):
         out += generate_chat(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts[i:i + batch]],
@@ -124,17 +132,18 @@ def usable_answer(reply, rules, labels: tuple[str, ...] = ()) -> str | None:
 
 
 def benign_tuning_rows(original: str, prompts: list[tuple[str, tuple[str, ...], int]], cache: Path, rules,
-                       tries: int) -> list[dict]:
+                       tries: int) -> tuple[list[dict], bool]:
     """The original model's own answers to benign (prompt, labels, new-token budget) triples,
     by rejection sampling: a greedy reply first, then up to `tries - 1` sampled ones (T 0.8,
     top-p 0.95) for the prompts still without a usable answer. Every reply is cached (the
     generation is the slowest part of building the reference) and a rerun with more tries
-    goes on from it."""
+    goes on from it. Returns the rows and whether anything was generated."""
     from stjax.generation import Reply
 
     replies = json.loads(cache.read_text()) if cache.is_file() else {}
     replies = {p: replies.get(p, []) for p, _, _ in prompts}
     answer: dict[str, str] = {}
+    generated = False
 
     def judge_tries(upto: int) -> None:
         for p, labels, _ in prompts:
@@ -152,8 +161,9 @@ def benign_tuning_rows(original: str, prompts: list[tuple[str, tuple[str, ...], 
                     replies[p].append({"text": r.text, "ended": r.ended})
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(json.dumps(replies))
+                generated = True
     judge_tries(tries)
-    return [{"input": p, "output": answer[p]} for p, _, _ in prompts if p in answer]
+    return [{"input": p, "output": answer[p]} for p, _, _ in prompts if p in answer], generated
 
 
 def reference_rules():
@@ -219,17 +229,17 @@ def main() -> int:
     news = [r for r in json.loads((SHARED / "agnews_5k_p_0.json").read_text()) if "input" in r]
     eval_prompts = {"harmful": held_out, "sst2": [sst2_prompt(r) for r in sst2_eval],  # never trained on
                     "benign": benign_prompts(news[-args.eval_rows:])}
-    quarter = args.benign_rows // 4
-    half = args.benign_rows // 2 if args.sst2_prompts < 0 else args.sst2_prompts
+    quarter, v3_half = args.benign_rows // 4, args.benign_rows // 2
+    half = v3_half if args.sst2_prompts < 0 else args.sst2_prompts
     if half > len(sst2_all) - args.eval_rows:
         raise SystemExit(f"--sst2-prompts: at most {len(sst2_all) - args.eval_rows} (the rest are held out)")
     labels = ("positive", "negative")  # an SST-2 answer must name a sentiment to be kept
     tuning = ([(sst2_prompt(r), labels, args.sst2_tokens) for r in sst2_all[:half]]
               + [(f"{r['instruction']} {r['input']}", (), 48) for r in news[:quarter]]
-              + [(p, (), 48) for p in benign_prompts(news[quarter: args.benign_rows - args.benign_rows // 2])])
+              + [(p, (), 48) for p in benign_prompts(news[quarter: args.benign_rows - v3_half])])
     # the aligned reference, its safety tokens and the runs on it live under one directory per recipe
     recipe = f"reference_s{len(safety_rows)}_b{args.benign_rows}"
-    if (half, args.sst2_tokens) != (args.benign_rows // 2, 48):
+    if (half, args.sst2_tokens) != (v3_half, 48):
         recipe += f"_sst{half}x{args.sst2_tokens}"
     out = Path(args.out).resolve() / recipe
 
@@ -240,10 +250,8 @@ def main() -> int:
     start = time.perf_counter()
     aligned = out / "aligned"
     rules = reference_rules()
-    answers_cache = out / "data" / "benign_answers.json"
-    written = answers_cache.stat().st_mtime if answers_cache.is_file() else None
-    benign = benign_tuning_rows(original, tuning, answers_cache, rules, args.tries)
-    if answers_cache.stat().st_mtime != written or "benign_answers_s" not in built:
+    benign, generated = benign_tuning_rows(original, tuning, out / "data" / "benign_answers.json", rules, args.tries)
+    if generated or "benign_answers_s" not in built:
         built["benign_answers_s"] = time.perf_counter() - start
     start = time.perf_counter()
     if not (aligned / "model").is_dir():  # a rerun (another --task-rows) reuses the aligned model
