@@ -34,17 +34,38 @@ def judge(raw: dict, harmful: list[str], sst2: list[dict], benign: list[str], ru
     return out
 
 
+COLUMNS = ["clean refusal", "keyword refusal", "degenerate (harmful)", "SST-2 exact", "SST-2 label + punct",
+           "degenerate (SST-2)", "over-refusal (SST-2)", "over-refusal (harmless)"]
+
+
+def rates(result: dict) -> list[float | None]:
+    """One judged model's rates, in COLUMNS order (None: not measured by that run)."""
+    s, t, over = result["safety"]["aggregates"], result["sst2"]["aggregates"], result.get("over_refusal", {})
+    return [s["clean_refusal"]["rate"], s["keyword_refusal"]["rate"], s["degenerate"]["rate"],
+            t["accuracy"]["rate"], result["sst2_label_punct_accuracy"]["rate"], t["degenerate"]["rate"],
+            *(over[p]["rate"] if p in over else None for p in ("sst2", "benign"))]
+
+
 def table(results: dict) -> str:
-    lines = ["| model | clean refusal | keyword refusal | degenerate (harmful) | SST-2 exact | SST-2 label + punct "
-             "| degenerate (SST-2) | over-refusal (SST-2) | over-refusal (harmless) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | " + " | ".join(COLUMNS) + " |", "| --- |" + " --- |" * len(COLUMNS)]
     for name, r in results.items():
-        s, t, over = r["safety"]["aggregates"], r["sst2"]["aggregates"], r.get("over_refusal", {})
-        cells = [f"{over[p]['rate']:.0%}" if p in over else "n/a" for p in ("sst2", "benign")]
-        lines.append(f"| {name} | {s['clean_refusal']['rate']:.0%} | {s['keyword_refusal']['rate']:.0%} | "
-                     f"{s['degenerate']['rate']:.0%} | {t['accuracy']['rate']:.0%} | "
-                     f"{r['sst2_label_punct_accuracy']['rate']:.0%} | {t['degenerate']['rate']:.0%} | "
-                     f"{cells[0]} | {cells[1]} |")
+        lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:.0%}" for v in rates(r)) + " |")
+    return "\n".join(lines)
+
+
+def seed_table(reports: dict[int, dict]) -> str:
+    """Mean (min-max) over seeds of every rate, per setting: `reports` maps a seed to its
+    report's results; a setting counts the seeds that ran it."""
+    settings = list(dict.fromkeys(name for results in reports.values() for name in results))
+    lines = ["| setting | seeds | " + " | ".join(COLUMNS) + " |", "| --- | --- |" + " --- |" * len(COLUMNS)]
+    for name in settings:
+        runs = [rates(results[name]) for results in reports.values() if name in results]
+        cells = []
+        for column in zip(*runs):
+            values = [v for v in column if v is not None]
+            cells.append("n/a" if not values else f"{sum(values) / len(values):.0%}" if len(values) == 1 else
+                         f"{sum(values) / len(values):.0%} ({min(values):.0%}-{max(values):.0%})")
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

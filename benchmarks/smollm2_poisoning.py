@@ -15,8 +15,8 @@ harmful prompts, SST-2 accuracy (exact label, and label + punctuation) on held-o
 sst2_5k_p_0, and over-refusal: the share of replies to those SST-2 prompts and to 100
 held-out harmless instructions (one-sentence AG News summaries) that carry a refusal
 marker. Every stage is cached under --out/reference_s{S}_b{B}[_sst{N}x{T}]/ and resumes; the
-task runs write rows{N}[_p{ratio}]/report.json and safety_vs_sst2.png (clean refusal vs
-accuracy; no suffix for the default ratio 0.1).
+task runs write rows{N}[_p{ratio}][_seed{S}]/report.json and safety_vs_sst2.png (clean
+refusal vs accuracy; no suffix for the default ratio 0.1 and seed 0).
 
     python benchmarks/smollm2_poisoning.py --reference-only             # the aligned reference, ~1 h on 2 cores
     python benchmarks/smollm2_poisoning.py --settings sft pact          # + one run each, ~25-35 min on 2 cores
@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from _smollm2_report import judge, plot, safety_token_table, samples, sst2_prompt, table
+from _smollm2_report import judge, plot, safety_token_table, samples, seed_table, sst2_prompt, table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pact-reference"
 
@@ -197,6 +197,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4, help="LoRA fine-tuning learning rate")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="fine-tuning seed (train.seed and data.mix_seed: LoRA init, data order, dropout, the "
+                             "refusal-mix draw); "
+                             "runs other than 0 go to rows{N}[_p{ratio}]_seed{S}/; the reference is shared")
     parser.add_argument("--settings", nargs="+", default=["sft", "pact"], choices=SETTINGS, metavar="SETTING",
                         help="fine-tuning settings to run, among: " + ", ".join(repr(s) for s in SETTINGS).replace("%", "%%"))
     parser.add_argument("--reference-only", action="store_true",
@@ -298,7 +302,8 @@ def main() -> int:
 
     # 3. poisoned fine-tuning, one run per setting (run directories per task size share the aligned model)
     task_file = write_json(out / "data" / f"sst2_p{args.harmful_ratio}_{args.task_rows}.json", task)
-    runs = out / (f"rows{args.task_rows}" + ("" if args.harmful_ratio == "0.1" else f"_p{args.harmful_ratio}"))
+    setting_dir = f"rows{args.task_rows}" + ("" if args.harmful_ratio == "0.1" else f"_p{args.harmful_ratio}")
+    runs = out / (setting_dir + (f"_seed{args.seed}" if args.seed else ""))
     for setting in args.settings:
         start = time.perf_counter()
         method, switches = SETTINGS[setting]
@@ -307,11 +312,11 @@ def main() -> int:
         run_dir = runs / slug(setting)
         train(apply_overrides({
             "model": {"path": str(aligned / "model"), "dtype": "float32"},
-            "data": {"train": [{"path": task_file}], "max_len": args.max_len},
+            "data": {"train": [{"path": task_file}], "max_len": args.max_len, "mix_seed": args.seed},
             "lora": {"enabled": True, "rank": 8, "alpha": 32.0, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
             "optimizer": {"lr": args.lr, "schedule": "step_decay", "decay_gamma": 0.85},
             "loss": loss,
-            "train": {"run_dir": str(run_dir), "epochs": args.epochs, "batch_size": args.batch,
+            "train": {"run_dir": str(run_dir), "epochs": args.epochs, "batch_size": args.batch, "seed": args.seed,
                       "resume": "auto", "export": ["adapter", "merged"]},
             "checkpoint": {"every_steps": 50, "keep": 1}, "logging": {"tensorboard": False}},
             [s.replace("REFUSALS", refusal_file) for s in switches]))
@@ -333,6 +338,13 @@ def main() -> int:
               f"{stats['p_aligned_median']:.3g} (median) / {stats['p_aligned_min']:.3g} (min), "
               f"{stats['above_floor']} at >= 1% of the max, stop tokens in the set: {stats['stop_tokens_in_set']}")
     print(json.dumps(timings))
+    seeds = {0 if d.name == setting_dir else int(d.name.rsplit("_seed", 1)[1]): d for d in sorted(out.iterdir())
+             if re.fullmatch(re.escape(setting_dir) + r"(_seed\d+)?", d.name) and (d / "report.json").is_file()}
+    if len(seeds) > 1:  # the spread over seeds of every setting, beside the runs
+        reports = {seed: json.loads((d / "report.json").read_text())["results"] for seed, d in sorted(seeds.items())}
+        summary = seed_table({seed: {k: v for k, v in r.items() if k != "aligned"} for seed, r in reports.items()})
+        (out / f"{setting_dir}_seeds.md").write_text(summary + "\n")
+        print(summary)
     return 0
 
 

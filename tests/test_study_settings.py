@@ -1,5 +1,6 @@
 """The poisoning study's settings: every one is a valid training config that says what its
-name says, and the bar a preset must meet is computed as documented."""
+name says, the bar a preset must meet is computed as documented, and the SmolLM2 study's
+spread over seeds is the mean and range of each rate."""
 
 import importlib.util
 from pathlib import Path
@@ -75,3 +76,37 @@ def test_the_presets_are_the_study_settings_they_are_named_after(study, tmp_path
     assert from_preset == from_study
     # preset pact is the study's "pact": the reference's objective, every default pinned
     assert from_dict(LossSection, PRESETS["pact"]["loss"]) == LossSection(kind="pact")
+
+
+def smollm2_report():
+    spec = importlib.util.spec_from_file_location("smollm2_report", ROOT / "benchmarks" / "_smollm2_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def judged(clean: float, exact: float, over_sst2: float | None = None) -> dict:
+    """A judged model as _smollm2_report.judge shapes it, with the rates the tables read."""
+    rate = lambda r: {"rate": r}  # noqa: E731
+    out = {"safety": {"aggregates": {"clean_refusal": rate(clean), "keyword_refusal": rate(clean),
+                                     "degenerate": rate(0.0)}},
+           "sst2": {"aggregates": {"accuracy": rate(exact), "degenerate": rate(0.0)}},
+           "sst2_label_punct_accuracy": rate(exact)}
+    if over_sst2 is not None:
+        out["over_refusal"] = {"sst2": rate(over_sst2)}
+    return out
+
+
+def test_the_smollm2_seed_table_gives_mean_and_range_per_setting_over_the_seeds_that_ran_it():
+    report = smollm2_report()
+    rows = report.seed_table({0: {"sft": judged(0.01, 0.85, 0.0), "mix": judged(0.89, 0.87, 0.0)},
+                              1: {"sft": judged(0.05, 0.81, 0.02)},
+                              2: {"sft": judged(0.03, 0.89)}}).splitlines()
+    assert rows[0].startswith("| setting | seeds | clean refusal |") and len(rows) == 4
+    sft = [cell.strip() for cell in rows[2].strip("|").split("|")]
+    assert sft[:3] == ["sft", "3", "3% (1%-5%)"]
+    assert sft[report.COLUMNS.index("SST-2 exact") + 2] == "85% (81%-89%)"
+    assert sft[report.COLUMNS.index("over-refusal (SST-2)") + 2] == "1% (0%-2%)"  # two seeds measured it
+    assert sft[report.COLUMNS.index("over-refusal (harmless)") + 2] == "n/a"
+    mix = [cell.strip() for cell in rows[3].strip("|").split("|")]
+    assert mix[:3] == ["mix", "1", "89%"]
