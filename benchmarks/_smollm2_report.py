@@ -63,8 +63,8 @@ def seed_table(reports: dict[int, dict]) -> str:
         cells = []
         for column in zip(*runs):
             values = [v for v in column if v is not None]
-            cells.append("n/a" if not values else f"{sum(values) / len(values):.0%}" if len(values) == 1 else
-                         f"{sum(values) / len(values):.0%} ({min(values):.0%}-{max(values):.0%})")
+            mean = f"{sum(values) / len(values):.0%}" if values else "n/a"
+            cells.append(mean if len(values) < 2 else f"{mean} ({min(values):.0%}-{max(values):.0%})")
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

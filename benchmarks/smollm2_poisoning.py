@@ -338,10 +338,10 @@ def main() -> int:
               f"{stats['p_aligned_median']:.3g} (median) / {stats['p_aligned_min']:.3g} (min), "
               f"{stats['above_floor']} at >= 1% of the max, stop tokens in the set: {stats['stop_tokens_in_set']}")
     print(json.dumps(timings))
-    seeds = {0 if d.name == setting_dir else int(d.name.rsplit("_seed", 1)[1]): d for d in sorted(out.iterdir())
-             if re.fullmatch(re.escape(setting_dir) + r"(_seed\d+)?", d.name) and (d / "report.json").is_file()}
-    if len(seeds) > 1:  # the spread over seeds of every setting, beside the runs
-        reports = {seed: json.loads((d / "report.json").read_text())["results"] for seed, d in sorted(seeds.items())}
+    names = {d: re.fullmatch(re.escape(setting_dir) + r"(?:_seed(\d+))?", d.name) for d in out.iterdir()}
+    seeds = {int(m[1] or 0): d for d, m in names.items() if m and (d / "report.json").is_file()}
+    if len(seeds) > 1:  # the spread over seeds of every setting (the shared aligned model left out), beside the runs
+        reports = {seed: json.loads((seeds[seed] / "report.json").read_text())["results"] for seed in sorted(seeds)}
         summary = seed_table({seed: {k: v for k, v in r.items() if k != "aligned"} for seed, r in reports.items()})
         (out / f"{setting_dir}_seeds.md").write_text(summary + "\n")
         print(summary)
