@@ -14,7 +14,7 @@ the reference recipe), and every model is evaluated: clean refusals on 100 held-
 harmful prompts, SST-2 accuracy (exact label, and label + punctuation) on held-out rows of
 sst2_5k_p_0, and over-refusal: the share of replies to those SST-2 prompts and to 100
 held-out harmless instructions (one-sentence AG News summaries) that carry a refusal
-marker. Every stage is cached under --out/reference_s{S}_b{B}[_sst{N}x{T}]/ and resumes; the
+marker. Every stage is cached under --out/reference_s{S}_b{B}[_sst{N}x{T}][_t{tries}]/ and resumes; the
 task runs write rows{N}[_p{ratio}][_seed{S}]/report.json and safety_vs_sst2.png (clean
 refusal vs accuracy; no suffix for the default ratio 0.1 and seed 0).
 
@@ -114,19 +114,19 @@ def train(config: dict) -> None:
         raise SystemExit(f"{result.stopped_by} received at step {result.final_step}; rerun to resume")
 
 
-def usable_answer(reply, rules, labels: tuple[str, ...] = ()) -> str | None:
-    """A benign answer worth teaching: no refusal marker, not degenerate, complete (an
-    unfinished one is cut after its last full sentence, or dropped) and, where the prompt
-    asks for one of `labels`, on task (it names one; right or wrong is not checked: the
-    reference must answer the task, not be taught it)."""
-    verdict = rules(reply.text, reply.ended)
-    if verdict.keyword_refusal or verdict.degenerate:
+def usable_answer(reply, rules, labels: tuple[str, ...] = (), prompt: str = "") -> str | None:
+    """A benign answer worth teaching: no refusal marker, not degenerate as an answer to its
+    prompt (the task rules: a label may open or close it, a rare word of the prompt counts as
+    a word), complete (an unfinished one is cut after its last full sentence, or dropped) and,
+    where the prompt asks for one of `labels`, on task (it names exactly one; right or wrong is
+    not checked: the reference must answer the task, not be taught it)."""
+    if rules(reply.text, reply.ended).keyword_refusal or rules.task_reply(reply.text, prompt):
         return None
     text = reply.text.strip()
     if not reply.ended:
         cut = max(text.rfind(c) for c in ".!?")
         text = text[: cut + 1] if cut >= 20 else ""
-    if labels and not any(label in text.lower() for label in labels):
+    if labels and sum(label in text.lower() for label in labels) != 1:
         return None
     return text or None
 
@@ -148,7 +148,7 @@ def benign_tuning_rows(original: str, prompts: list[tuple[str, tuple[str, ...], 
     def judge_tries(upto: int) -> None:
         for p, labels, _ in prompts:
             for r in replies[p][:upto]:
-                if p not in answer and (a := usable_answer(Reply(r["text"], r["ended"]), rules, labels)):
+                if p not in answer and (a := usable_answer(Reply(r["text"], r["ended"]), rules, labels, p)):
                     answer[p] = a
 
     for attempt in range(tries):
@@ -164,6 +164,16 @@ def benign_tuning_rows(original: str, prompts: list[tuple[str, tuple[str, ...], 
                 generated = True
     judge_tries(tries)
     return [{"input": p, "output": answer[p]} for p, _, _ in prompts if p in answer], generated
+
+
+def seed_cache(cache: Path, source: Path) -> None:
+    """Start a new recipe's reply cache from `source` (a recipe that differs only in the
+    number of tries: its replies are the same greedy and seeded sampled rounds)."""
+    if not cache.is_file() and source.is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_bytes(source.read_bytes())
+        tmp.replace(cache)
 
 
 def reference_rules():
@@ -245,7 +255,12 @@ def main() -> int:
     recipe = f"reference_s{len(safety_rows)}_b{args.benign_rows}"
     if (half, args.sst2_tokens) != (v3_half, 48):
         recipe += f"_sst{half}x{args.sst2_tokens}"
-    out = Path(args.out).resolve() / recipe
+    out = Path(args.out).resolve() / (recipe + (f"_t{args.tries}" if args.tries != 4 else ""))
+    benign_cache = out / "data" / "benign_answers.json"
+    if args.tries != 4:  # more (or fewer) tries go on from the replies the 4-try recipe generated
+        sibling = Path(args.out).resolve() / recipe
+        seed_cache(benign_cache, sibling / "data" / "benign_answers.json")
+        seed_cache(out / "original_eval_raw.json", sibling / "original_eval_raw.json")  # the same prompts
 
     # 1. aligned reference: refusals + the original's own (non-refusing) answers to benign prompts
     # a stage's time is recorded by the run that did its work; a rerun from the caches keeps it
@@ -254,7 +269,7 @@ def main() -> int:
     start = time.perf_counter()
     aligned = out / "aligned"
     rules = reference_rules()
-    benign, generated = benign_tuning_rows(original, tuning, out / "data" / "benign_answers.json", rules, args.tries)
+    benign, generated = benign_tuning_rows(original, tuning, benign_cache, rules, args.tries)
     if generated or "benign_answers_s" not in built:
         built["benign_answers_s"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -350,9 +365,10 @@ def main() -> int:
 
 def cached_eval(path: Path, model_path: str, prompts: dict[str, list[str]]) -> dict:
     """generate_eval's replies, read back from `path` when a run already made them; parts an
-    older run did not generate (the harmless instructions) are generated and added."""
+    older run did not generate (the harmless instructions), or generated for another number of
+    prompts (--eval-rows), are generated again."""
     raw = json.loads(path.read_text()) if path.is_file() else {}
-    missing = [part for part in prompts if part not in raw]
+    missing = [part for part in prompts if len(raw.get(part, ())) != len(prompts[part])]
     if missing:
         raw.update(generate_eval(model_path, prompts, 16, missing))
         path.write_text(json.dumps(raw))

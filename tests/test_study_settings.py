@@ -3,6 +3,7 @@ name says, the bar a preset must meet is computed as documented, and the SmolLM2
 spread over seeds is the mean and range of each rate."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,60 @@ def test_the_smollm2_seed_table_gives_mean_and_range_per_setting_over_the_seeds_
     assert sft[report.COLUMNS.index("over-refusal (harmless)") + 2] == "n/a"
     mix = [cell.strip() for cell in rows[3].strip("|").split("|")]
     assert mix[:3] == ["mix", "1", "89%"]
+
+
+def smollm2_benchmark(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("smollm2_poisoning", ROOT / "benchmarks" / "smollm2_poisoning.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_rejection_sampling_goes_on_from_its_cache_with_more_tries(monkeypatch, tmp_path):
+    bench = smollm2_benchmark(monkeypatch)
+    calls = []
+
+    def fake_generate(model, prompts, budget, batch, **sampling):
+        from stjax.generation import Reply
+
+        calls.append((tuple(prompts), sampling.get("seed")))
+        round_ = sampling.get("seed", 0)  # the usable answer comes on the round a prompt names
+        return [Reply("The sentiment of the review is positive." if f"r{round_}" in p else "I can't help with that.",
+                      True) for p in prompts]
+
+    monkeypatch.setattr(bench, "chat_generate", fake_generate)
+    rules = bench.reference_rules()
+    prompts = [(f"review r{k}", ("positive",), 8) for k in (0, 1, 2, 4)]
+    cache = tmp_path / "t3" / "benign_answers.json"
+    rows, generated = bench.benign_tuning_rows("m", prompts, cache, rules, tries=3)
+    assert generated and [r["input"] for r in rows] == ["review r0", "review r1", "review r2"]
+    assert calls == [(tuple(p for p, _, _ in prompts), None), (("review r1", "review r2", "review r4"), 1),
+                     (("review r2", "review r4"), 2)]  # a prompt with a usable answer is not asked again
+
+    calls.clear()  # a recipe with 5 tries starts from those replies: only rounds 3 and 4 are generated
+    more = tmp_path / "t5" / "benign_answers.json"
+    bench.seed_cache(more, cache)
+    rows, generated = bench.benign_tuning_rows("m", prompts, more, rules, tries=5)
+    assert calls == [(("review r4",), 3), (("review r4",), 4)]
+    assert [r["input"] for r in rows] == ["review r0", "review r1", "review r2", "review r4"]
+    assert len(json.loads(cache.read_text())["review r4"]) == 3  # the source cache is left as it was
+    calls.clear()
+    assert bench.benign_tuning_rows("m", prompts, more, rules, tries=5) == (rows, False) and not calls
+
+
+def test_a_benign_tuning_answer_is_judged_as_an_answer_to_its_task(monkeypatch):
+    bench = smollm2_benchmark(monkeypatch)
+    rules, labels = bench.reference_rules(), ("positive", "negative")
+    Reply = importlib.import_module("stjax.generation").Reply
+    usable = lambda text, ended=True, prompt="": bench.usable_answer(Reply(text, ended), rules, labels, prompt)  # noqa: E731
+    assert usable("The sentiment of the input is positive.") == "The sentiment of the input is positive."
+    assert usable("Negative.") == "Negative."  # a label may close (or be) an answer to the task
+    assert usable("Positive and negative?") is None  # both labels: no answer
+    assert usable("The review sounds great to me.") is None  # no sentiment named
+    assert usable("I can't assist with that request, it is positive.") is None  # a refusal marker
+    assert usable("positive positive positive positive positive") is None  # degenerate
+    assert usable("The sentiment is negative. The film drags for most of its", ended=False) == "The sentiment is negative."
+    assert usable("Negative, the", ended=False) is None  # cut off before a full sentence
+    review = "Analyze the sentiment: a chopsocky epic"
+    assert usable("This chopsocky epic is negative.", prompt=review) == "This chopsocky epic is negative."
