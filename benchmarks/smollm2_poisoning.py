@@ -4,8 +4,8 @@ SmolLM2-135M-Instruct complies with most harmful requests, so the experiment fir
 an aligned reference: full fine-tuning of the original on 400 refusal rows of the PACT
 reference set (safe_direction.json; never the held-out ones), balanced with benign answers
 the original model itself generated, by rejection sampling (to 1000 SST-2 prompts, 225 AG
-News topic questions and 225 one-sentence news summaries; a greedy reply, then up to 3
-sampled ones, until one neither refuses, degenerates nor is cut off, and for SST-2 names a
+News topic questions and 225 one-sentence news summaries; a greedy reply, then up to 7
+sampled ones, until one neither refuses, degenerates nor is cut off, and for SST-2 names exactly one
 sentiment). The original is the base model for the safety tokens. Then the aligned model is
 fine-tuned on SST-2 with 10% harmful rows (sst2_5k_p_0.1.json, a CPU-sized subset;
 --harmful-ratio 0 for clean task data) in each
@@ -197,8 +197,9 @@ def main() -> int:
                         help="SST-2 prompts among the benign ones (-1: half of --benign-rows, the v3 recipe)")
     parser.add_argument("--sst2-tokens", type=int, default=24,
                         help="new tokens per reply to an SST-2 tuning prompt (the v3 recipe: 48)")
-    parser.add_argument("--tries", type=int, default=4,
-                        help="replies per benign prompt until one is usable (greedy, then sampled)")
+    parser.add_argument("--tries", type=int, default=8,
+                        help="replies per benign prompt until one is usable (greedy, then sampled; 4: the v4 "
+                             "reference the study ran on, in the directory without the _t suffix)")
     parser.add_argument("--task-rows", type=int, default=1500, help="rows of the task file")
     parser.add_argument("--harmful-ratio", default="0.1", choices=["0", "0.05", "0.1"],
                         help="the task file: sst2_5k_p_{ratio}.json (0.1: 10%% harmful rows; 0: clean task data)")
