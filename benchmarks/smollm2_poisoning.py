@@ -120,7 +120,7 @@ def usable_answer(reply, rules, labels: tuple[str, ...] = (), prompt: str = "") 
     a word), complete (an unfinished one is cut after its last full sentence, or dropped) and,
     where the prompt asks for one of `labels`, on task (it names exactly one; right or wrong is
     not checked: the reference must answer the task, not be taught it)."""
-    if rules(reply.text, reply.ended).keyword_refusal or rules.task_reply(reply.text, prompt):
+    if rules.keyword(reply.text).refusal or rules.task_reply(reply.text, prompt):
         return None
     text = reply.text.strip()
     if not reply.ended:
@@ -256,10 +256,11 @@ def main() -> int:
     recipe = f"reference_s{len(safety_rows)}_b{args.benign_rows}"
     if (half, args.sst2_tokens) != (v3_half, 48):
         recipe += f"_sst{half}x{args.sst2_tokens}"
-    out = Path(args.out).resolve() / (recipe + (f"_t{args.tries}" if args.tries != 4 else ""))
+    root = Path(args.out).resolve()
+    out = root / (recipe + (f"_t{args.tries}" if args.tries != 4 else ""))
     benign_cache = out / "data" / "benign_answers.json"
     if args.tries != 4:  # more (or fewer) tries go on from the replies the 4-try recipe generated
-        sibling = Path(args.out).resolve() / recipe
+        sibling = root / recipe
         seed_cache(benign_cache, sibling / "data" / "benign_answers.json")
         seed_cache(out / "original_eval_raw.json", sibling / "original_eval_raw.json")  # the same prompts
 

@@ -79,11 +79,16 @@ def test_the_presets_are_the_study_settings_they_are_named_after(study, tmp_path
     assert from_dict(LossSection, PRESETS["pact"]["loss"]) == LossSection(kind="pact")
 
 
-def smollm2_report():
-    spec = importlib.util.spec_from_file_location("smollm2_report", ROOT / "benchmarks" / "_smollm2_report.py")
+def benchmark_module(name: str):
+    """A script of benchmarks/ as a module (its sibling imports resolve)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def smollm2_report():
+    return benchmark_module("_smollm2_report")
 
 
 def judged(clean: float, exact: float, over_sst2: float | None = None) -> dict:
@@ -114,11 +119,8 @@ def test_the_smollm2_seed_table_gives_mean_and_range_per_setting_over_the_seeds_
 
 
 def smollm2_benchmark(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("smollm2_poisoning", ROOT / "benchmarks" / "smollm2_poisoning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports _smollm2_report
+    return benchmark_module("smollm2_poisoning")
 
 
 def test_the_reference_rejection_sampling_goes_on_from_its_cache_with_more_tries(monkeypatch, tmp_path):
